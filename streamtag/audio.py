@@ -1,0 +1,111 @@
+"""Reading audio files into the mono float32 signal a FeatureSpec expects.
+
+Anything libsndfile decodes is accepted (WAV of 8/16/24/32-bit integer or float
+samples, FLAC, Ogg Vorbis, ...) at any sample rate and channel count: channels
+are averaged and the rate is converted with soxr's very-high-quality resampler.
+Bad input raises a typed :class:`~streamtag.errors.AudioError` that says what
+was wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from streamtag.errors import (
+    AudioNotFoundError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+    NotAudioError,
+    TruncatedAudioError,
+)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of a ``(frames, channels)`` block; 1-D input passes through."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Convert a whole mono signal from ``rate_in`` to ``rate_out`` (soxr, very high quality)."""
+    if rate_in == rate_out:
+        return np.asarray(samples, dtype=np.float32)
+    return soxr.resample(samples, rate_in, rate_out, quality="VHQ").astype(np.float32, copy=False)
+
+
+def check_finite(samples: np.ndarray, offset: int = 0, rate: int | None = None, where: str = "audio") -> None:
+    """Raise :class:`NonFiniteAudioError` naming the first NaN or infinite sample.
+
+    ``offset`` is the stream position of ``samples[0]``, so the error points at
+    the sample in the whole stream, not in this block.
+    """
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(len(samples), -1).any(axis=1))) + offset
+        at = f" ({first / rate:.3f} s)" if rate else ""
+        raise NonFiniteAudioError(f"{where}: NaN or infinite sample at position {first}{at}", first)
+
+
+def _declared_wav_bytes(path: Path) -> tuple[int, int] | None:
+    """(declared data bytes, data offset) of a RIFF/WAVE file, or None if not one
+    or if the header declares an unknown length (a streamed WAV)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                if size in (0, 0xFFFFFFFF):
+                    return None
+                return size, f.tell()
+            f.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
+    """Read a whole audio file as mono float32 at ``sample_rate``.
+
+    Raises AudioNotFoundError, NotAudioError, EmptyAudioError,
+    TruncatedAudioError or NonFiniteAudioError, each with the file's name.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise NotAudioError(f"{path}: is a directory, not an audio file")
+    try:
+        with sf.SoundFile(path) as f:
+            rate = f.samplerate
+            declared = f.frames
+            data = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        if path.stat().st_size == 0:
+            raise EmptyAudioError(f"{path}: file is empty") from None
+        raise NotAudioError(f"{path}: not a readable audio file ({exc.error_string})") from None
+    except RuntimeError as exc:  # libsndfile reports some decode failures mid-stream this way
+        raise TruncatedAudioError(f"{path}: audio data is damaged or cut short ({exc})") from None
+    wav = _declared_wav_bytes(path)
+    if wav is not None:
+        size, start = wav
+        if path.stat().st_size < start + size:
+            raise TruncatedAudioError(
+                f"{path}: truncated: header declares {size} bytes of samples, file holds {path.stat().st_size - start}")
+    if len(data) < declared:
+        raise TruncatedAudioError(f"{path}: truncated: header declares {declared} frames, only {len(data)} could be read")
+    if len(data) == 0:
+        raise EmptyAudioError(f"{path}: holds no samples")
+    check_finite(data, rate=rate, where=str(path))
+    return resample(to_mono(data), rate, sample_rate)

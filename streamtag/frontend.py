@@ -1,0 +1,202 @@
+"""The incremental log-mel + delta frontend, and its batch entry points.
+
+:class:`Frontend` takes audio in blocks of any size and emits each frame the
+moment its last sample arrives. All per-frame work (window, FFT, mel, dB, delta)
+runs inside one ``@njit`` kernel per :meth:`Frontend.push`, with the FFT from
+rocket-fft, so there is no per-frame Python. A recording's features are, by
+definition, what this frontend emits when fed that recording in one block:
+:func:`compute_features` does exactly that, so training and live inference see
+identical numbers by construction.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import rocket_fft  # noqa: F401  (registers np.fft inside @njit)
+
+from streamtag.errors import AudioError
+from streamtag.features import DELTA_TAPS, FeatureSpec, hann_periodic, mel_filterbank
+
+_HISTORY = 2 * DELTA_TAPS + 1  # log-mel frames the causal delta filter reads
+_FILL, _EMITTED, _SLOT = 0, 1, 2  # fields of the kernel's state vector
+
+
+@numba.njit(cache=True, nogil=True)
+def _push_kernel(x, hop, buf, state, window, fb_ptr, fb_bin, fb_w, amin, hist, ring, out):
+    """Consume the samples ``x``; write every frame they complete to ``out``, the
+    delta history ``hist`` and the window ring ``ring``.
+
+    ``buf`` holds the ``state[_FILL]`` samples of the frame being assembled. The
+    ring stores each frame twice, at slot ``s`` and ``s + capacity``, so that the
+    newest frames always form one contiguous slice.
+    """
+    n_fft = buf.shape[0]
+    n_mels = fb_ptr.shape[0] - 1
+    capacity = ring.shape[2] // 2
+    frame = np.empty(n_fft)
+    logmel = np.empty(n_mels)
+    fill = state[_FILL]
+    emitted = state[_EMITTED]
+    slot = state[_SLOT]
+    produced = 0
+    i = 0
+    n = x.shape[0]
+    while i < n:
+        take = min(n_fft - fill, n - i)
+        for k in range(take):
+            buf[fill + k] = x[i + k]
+        fill += take
+        i += take
+        if fill < n_fft:
+            break
+        for k in range(n_fft):
+            frame[k] = buf[k] * window[k]
+        spectrum = np.fft.rfft(frame)
+        for m in range(n_mels):
+            acc = 0.0
+            for j in range(fb_ptr[m], fb_ptr[m + 1]):
+                c = spectrum[fb_bin[j]]
+                acc += fb_w[j] * (c.real * c.real + c.imag * c.imag)
+            logmel[m] = 10.0 * np.log10(max(acc, amin))
+        # causal delta over the last 9 log-mel frames; edge-pad the stream start
+        h = emitted % _HISTORY
+        if emitted == 0:
+            for r in range(_HISTORY):
+                hist[r, :] = logmel
+        else:
+            hist[h, :] = logmel
+        for m in range(n_mels):
+            d = 0.0
+            for tap in range(1, DELTA_TAPS + 1):
+                ahead = hist[(emitted - DELTA_TAPS + tap) % _HISTORY, m]
+                behind = hist[(emitted - DELTA_TAPS - tap) % _HISTORY, m]
+                d += tap * (ahead - behind)
+            out[produced, 0, m] = logmel[m]
+            out[produced, 1, m] = d
+            ring[0, m, slot] = logmel[m]
+            ring[1, m, slot] = d
+            ring[0, m, slot + capacity] = logmel[m]
+            ring[1, m, slot + capacity] = d
+        slot = (slot + 1) % capacity
+        emitted += 1
+        produced += 1
+        # keep the overlap with the next frame
+        for k in range(n_fft - hop):
+            buf[k] = buf[k + hop]
+        fill = n_fft - hop
+    state[_FILL] = fill
+    state[_EMITTED] = emitted
+    state[_SLOT] = slot
+    return produced
+
+
+class Frontend:
+    """Streaming log-mel + delta frontend for one :class:`FeatureSpec`.
+
+    ``push(samples)`` accepts any number of samples (already at the spec's sample
+    rate, mono, finite) and returns the frames they complete as float32
+    ``(n, 2, n_mels)``: channel 0 log-mel in dB, channel 1 its causal delta.
+    The newest ``history`` frames stay readable as a model window via
+    :meth:`window`.
+    """
+
+    def __init__(self, spec: FeatureSpec | None = None, history: int = 101):
+        self.spec = spec or FeatureSpec()
+        if not isinstance(history, int) or history < 1:
+            raise ValueError(f"history must be a positive int, got {history!r}")
+        self.history = history
+        s = self.spec
+        self._hop = s.hop_length
+        self._window = hann_periodic(s.n_fft)
+        fb = mel_filterbank(s)
+        rows, cols = np.nonzero(fb)
+        self._fb_ptr = np.searchsorted(rows, np.arange(s.n_mels + 1)).astype(np.int64)
+        self._fb_bin = cols.astype(np.int64)
+        self._fb_w = fb[rows, cols]
+        self._amin = float(s.amin)
+        self._empty = np.empty((0, 2, s.n_mels), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all audio: the next sample starts a new stream."""
+        s = self.spec
+        self._buf = np.zeros(s.n_fft)
+        self._state = np.zeros(3, dtype=np.int64)
+        self._hist = np.zeros((_HISTORY, s.n_mels))
+        self._ring = np.zeros((2, s.n_mels, 2 * self.history), dtype=np.float32)
+
+    @property
+    def frames_emitted(self) -> int:
+        """Frames produced since the stream started."""
+        return int(self._state[_EMITTED])
+
+    @property
+    def samples_pending(self) -> int:
+        """Samples received but not yet part of an emitted frame's hop."""
+        return int(self._state[_FILL])
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise AudioError(f"Frontend.push takes mono samples as a 1-D array, got shape {x.shape}")
+        fill = int(self._state[_FILL])
+        avail = fill + x.shape[0]
+        n_fft = self._buf.shape[0]
+        if avail < n_fft:
+            if x.shape[0]:
+                self._buf[fill:avail] = x
+                self._state[_FILL] = avail
+            return self._empty
+        n_new = (avail - n_fft) // self._hop + 1
+        out = np.empty((n_new, 2, self.spec.n_mels), dtype=np.float32)
+        _push_kernel(x, self._hop, self._buf, self._state, self._window, self._fb_ptr,
+                     self._fb_bin, self._fb_w, self._amin, self._hist, self._ring, out)
+        return out
+
+    def window(self, n_frames: int) -> np.ndarray:
+        """The newest ``n_frames`` frames as a model window, float32 ``(2, n_mels, n_frames)``.
+
+        Raises ``ValueError`` if fewer frames have been emitted or the ring is
+        smaller than ``n_frames``.
+        """
+        if not 1 <= n_frames <= self.history:
+            raise ValueError(f"window length must be 1..{self.history} (the ring's history), got {n_frames}")
+        if n_frames > self.frames_emitted:
+            raise ValueError(f"only {self.frames_emitted} frames emitted, cannot read a window of {n_frames}")
+        end = int(self._state[_SLOT]) + self.history
+        return self._ring[:, :, end - n_frames:end].copy()
+
+
+def compute_features(audio: np.ndarray, spec: FeatureSpec | None = None) -> np.ndarray:
+    """All frames of a recording, float32 ``(frames, 2, n_mels)``: what a
+    :class:`Frontend` emits when fed the whole recording."""
+    return Frontend(spec, history=1).push(audio)
+
+
+def cut_windows(frames: np.ndarray, length: int, stride: int,
+                silence_db: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cut model windows from a recording's frames.
+
+    Returns ``(windows, starts)``: float32 ``(n, 2, n_mels, length)`` and the
+    first frame index of each window. Windows start at multiples of ``stride``;
+    a trailing partial window is not produced. With ``silence_db`` set, windows
+    whose loudest log-mel value is below it are dropped (Piczak's rule of
+    discarding silent segments).
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 3 or frames.shape[1] != 2:
+        raise ValueError(f"frames must have shape (frames, 2, n_mels), got {frames.shape}")
+    if not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"window length must be a positive int, got {length!r}")
+    if not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    n_mels = frames.shape[2]
+    if frames.shape[0] < length:
+        return np.empty((0, 2, n_mels, length), dtype=np.float32), np.empty(0, dtype=np.int64)
+    starts = np.arange(0, frames.shape[0] - length + 1, stride, dtype=np.int64)
+    view = np.lib.stride_tricks.sliding_window_view(frames, length, axis=0)[starts]  # (n, 2, n_mels, length)
+    if silence_db is not None:
+        starts = starts[view[:, 0].max(axis=(1, 2)) >= silence_db]
+        view = np.lib.stride_tricks.sliding_window_view(frames, length, axis=0)[starts]
+    return np.ascontiguousarray(view), starts
