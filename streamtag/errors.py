@@ -41,3 +41,15 @@ class NonFiniteAudioError(AudioError):
     def __init__(self, message: str, position: int):
         super().__init__(message)
         self.position = position
+
+
+class ModelError(StreamtagError, ValueError):
+    """Invalid network settings, or input a network cannot take."""
+
+
+class ModelFileError(ModelError):
+    """A model file that is missing, truncated, foreign or of the wrong schema."""
+
+
+class ModelNotFoundError(ModelFileError, FileNotFoundError):
+    """The model file does not exist."""

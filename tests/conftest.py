@@ -41,3 +41,26 @@ def us8k_dir(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def esc10_dir(data_dir: Path) -> Path:
     return data_dir / "ESC-10"
+
+
+US8K_CLASSES = ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
+                "engine_idling", "gun_shot", "jackhammer", "siren", "street_music"]
+
+
+@pytest.fixture(scope="session")
+def random_model_file(tmp_path_factory) -> Path:
+    """A small untrained model file (dense 64, 41 frames, the UrbanSound8K classes,
+    thresholds 0.5) with plausible dB normalisation, for tests that need any model."""
+    import torch
+
+    from streamtag.features import FeatureSpec
+    from streamtag.model import PiczakCNN
+    from streamtag.modelfile import save_model
+
+    torch.manual_seed(0)
+    net = PiczakCNN(len(US8K_CLASSES), dense=64)
+    net.set_normalization(mean=[[[-50.0]], [[0.0]]], std=[[[20.0]], [[10.0]]])
+    path = tmp_path_factory.mktemp("model") / "random.pt"
+    return save_model(path, net, classes=US8K_CLASSES, spec=FeatureSpec(), window_frames=41, hop_frames=10,
+                      thresholds=[0.5] * len(US8K_CLASSES),
+                      provenance={"dataset": "none (random weights)", "epochs": 0})

@@ -1,0 +1,289 @@
+"""One self-describing file per trained model, and the inference API around it.
+
+A model file is a TorchScript archive (the zip ``torch.jit.save`` writes) whose
+network takes raw feature windows and returns probabilities, so it runs
+without this package's Python code. Everything needed to use it correctly
+travels inside, as the extra file ``streamtag.json``::
+
+    {
+      "format": "streamtag-model",    # says the archive is ours
+      "schema": 1,                    # bumped on any incompatible change
+      "classes": ["air_conditioner", ...],
+      "spec": {...},                  # FeatureSpec.to_dict(): how frames are made
+      "window_frames": 41,            # frames per window the network takes
+      "hop_frames": 10,               # default hop between windows when streaming
+      "head": "multilabel",           # or "single" (softmax)
+      "thresholds": [0.5, ...],       # per-class decision thresholds
+      "architecture": {...},          # PiczakCNN.config()
+      "quantized": false,             # dense layers in int8 (CPU only)
+      "provenance": {...}             # dataset, folds, epochs, metrics, versions, date
+    }
+
+The normalisation statistics are the network's ``feature_mean`` and
+``feature_std`` buffers, stored with the weights. :func:`load_model` checks the
+zip, the metadata and that the network's output matches the class list, so a
+truncated, foreign or outdated file fails with one clear
+:class:`~streamtag.errors.ModelFileError` instead of wrong predictions later.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import streamtag
+from streamtag.errors import ModelError, ModelFileError, ModelNotFoundError, SpecError
+from streamtag.features import FeatureSpec
+from streamtag.model import HEADS, PiczakCNN, quantize_dense
+
+FORMAT = "streamtag-model"
+SCHEMA = 1
+METADATA_NAME = "streamtag.json"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.pt"
+BATCH = 256  # windows per forward pass in predict(): bounded memory, most of the batching gain
+
+
+class _Probabilities(nn.Module):
+    """What the file holds: the network with its head's squashing applied."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.probabilities(self.net(x))
+
+
+def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frames: int, hop_frames: int,
+               thresholds=None, provenance: dict | None = None, quantize: bool = False) -> Path:
+    """Write ``net`` (in eval mode; the caller's module is left untouched) and its
+    metadata to one file. ``quantize`` stores the dense layers in int8 (CPU only).
+    ``provenance`` gets ``streamtag_version``, ``torch_version`` and ``saved_at``
+    added when missing."""
+    if not isinstance(net, PiczakCNN):
+        raise ModelError(f"save_model needs a PiczakCNN, got {type(net).__name__}")
+    classes = list(classes)
+    if not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise ModelError("classes must be distinct non-empty strings")
+    if len(classes) != net.n_classes:
+        raise ModelError(f"{len(classes)} class names for a network with {net.n_classes} outputs")
+    if not isinstance(spec, FeatureSpec):
+        raise ModelError(f"spec must be a FeatureSpec, got {type(spec).__name__}")
+    if spec.n_mels != net.n_mels:
+        raise ModelError(f"spec has {spec.n_mels} mel bands but the network takes {net.n_mels}")
+    if window_frames != net.frames:
+        raise ModelError(f"window_frames={window_frames} but the network takes {net.frames} frames")
+    if not (isinstance(hop_frames, int) and hop_frames >= 1):
+        raise ModelError(f"hop_frames must be a positive int, got {hop_frames!r}")
+    thresholds = _check_thresholds(np.full(len(classes), 0.5) if thresholds is None else thresholds, len(classes),
+                                   ModelError)
+    provenance = dict(provenance or {})
+    provenance.setdefault("streamtag_version", streamtag.__version__)
+    provenance.setdefault("torch_version", torch.__version__)
+    provenance.setdefault("saved_at", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    metadata = {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "classes": classes,
+        "spec": spec.to_dict(),
+        "window_frames": int(window_frames),
+        "hop_frames": int(hop_frames),
+        "head": net.head,
+        "thresholds": [float(t) for t in thresholds],
+        "architecture": net.config(),
+        "quantized": bool(quantize),
+        "provenance": provenance,
+    }
+    try:
+        text = json.dumps(metadata, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"provenance must be plain JSON values (no NaN): {exc}") from None
+
+    frozen = quantize_dense(net) if quantize else copy.deepcopy(net).cpu().eval()
+    scripted = torch.jit.script(_Probabilities(frozen).eval())
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.jit.save(scripted, str(partial), _extra_files={METADATA_NAME: text})
+        os.replace(partial, path)  # never leave a half-written model under the real name
+    except (OSError, RuntimeError) as exc:
+        partial.unlink(missing_ok=True)
+        raise ModelFileError(f"cannot write model file {path}: {exc}") from None
+    return path
+
+
+class TaggerModel:
+    """A loaded model file: metadata as attributes, :meth:`predict` for windows."""
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: dict, name: str, device: str):
+        self.module = module
+        self.metadata = metadata
+        self.name = name
+        self.device = device
+        self.classes: list[str] = list(metadata["classes"])
+        self.spec = FeatureSpec.from_dict(metadata["spec"])
+        self.window_frames: int = metadata["window_frames"]
+        self.hop_frames: int = metadata["hop_frames"]
+        self.thresholds = np.asarray(metadata["thresholds"], dtype=np.float32)
+        self.head: str = metadata["head"]
+        self.provenance: dict = metadata["provenance"]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one window: (2, n_mels, window_frames)."""
+        return (2, self.spec.n_mels, self.window_frames)
+
+    def normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (2, n_mels, 1) feature mean and std stored with the weights."""
+        net = self.module.net
+        return net.feature_mean.cpu().numpy(), net.feature_std.cpu().numpy()
+
+    def predict(self, windows: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+        """Probabilities (N, C) float32 for windows (N, 2, n_mels, window_frames)."""
+        windows = np.asarray(windows)
+        if windows.ndim != 4 or windows.shape[1:] != self.input_shape:
+            raise ModelError(f"expected windows of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {windows.shape}")
+        if not np.issubdtype(windows.dtype, np.floating):
+            raise ModelError(f"windows must be floating point, got {windows.dtype}")
+        if not np.isfinite(windows).all():
+            raise ModelError("windows hold NaN or infinite values")
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        out = np.empty((windows.shape[0], len(self.classes)), dtype=np.float32)
+        with torch.inference_mode():
+            for i in range(0, windows.shape[0], batch_size):
+                batch = torch.from_numpy(windows[i:i + batch_size]).to(self.device)
+                out[i:i + batch_size] = self.module(batch).float().cpu().numpy()
+        return out
+
+    def __repr__(self) -> str:
+        return (f"TaggerModel({self.name!r}, {len(self.classes)} classes, {self.head}, "
+                f"{self.window_frames} frames, device={self.device!r})")
+
+
+def load_model(path=None, device: str | None = None) -> TaggerModel:
+    """Load and check a model file (``None``: the model bundled with streamtag)
+    onto ``device`` (default: "cuda" when available, else "cpu"), and warm it up
+    so the first real window is not the slow one."""
+    if path is None:
+        if not DEFAULT_MODEL.is_file():
+            raise ModelNotFoundError("no default model is bundled with this streamtag yet; pass --model PATH")
+        path, name = DEFAULT_MODEL, "default"
+    else:
+        path = Path(path)
+        name = path.stem
+    metadata = read_metadata(path)
+    device = _pick_device(device)
+    if metadata["quantized"] and device != "cpu":
+        raise ModelFileError(f"{path} has int8 dense layers, which run on the CPU only; use device 'cpu'")
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:  # torch raises RuntimeError and friends with multi-line C++ messages
+        raise ModelFileError(f"{path} is corrupt: TorchScript cannot load it ({_first_line(exc)})") from None
+    module.eval()
+    model = TaggerModel(module, metadata, name, device)
+    try:
+        for _ in range(3):  # the profiling executor optimises after the first runs
+            probs = model.predict(np.zeros((1, *model.input_shape), dtype=np.float32))
+    except Exception as exc:
+        raise ModelFileError(f"{path}: the network fails on a {model.input_shape} window "
+                             f"({_first_line(exc)})") from None
+    if probs.shape != (1, len(model.classes)):
+        raise ModelFileError(f"{path}: the network gives {probs.shape[1]} outputs for {len(model.classes)} classes")
+    return model
+
+
+def read_metadata(path) -> dict:
+    """The checked ``streamtag.json`` of a model file, without loading the network."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"not a model file: {path} is a directory or device")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_NAME)]
+            if not names:
+                raise ModelFileError(f"{path} is a TorchScript or zip file but not a streamtag model "
+                                     f"(no {METADATA_NAME} inside)")
+            broken = archive.testzip()  # CRC of every member: catches damage inside the weights too
+            if broken is not None:
+                raise ModelFileError(f"{path} is corrupt: {broken} fails its checksum")
+            text = archive.read(names[0]).decode("utf-8")
+    except zipfile.BadZipFile:
+        raise ModelFileError(f"{path} is not a streamtag model file, or it is truncated "
+                             "(not a complete TorchScript zip archive)") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc}") from None
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: {METADATA_NAME} is not valid JSON ({exc})") from None
+    _check_metadata(metadata, path)
+    return metadata
+
+
+def _check_metadata(meta, path: Path) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ModelFileError(f"{path}: bad metadata: {what}")
+
+    need(isinstance(meta, dict) and meta.get("format") == FORMAT, f"format is not {FORMAT!r}")
+    schema = meta.get("schema")
+    if schema != SCHEMA:
+        newer = isinstance(schema, int) and schema > SCHEMA
+        raise ModelFileError(f"{path}: model file schema {schema!r}, but this streamtag reads schema {SCHEMA}"
+                             + ("; upgrade streamtag" if newer else ""))
+    fields = {"classes": list, "spec": dict, "window_frames": int, "hop_frames": int, "head": str,
+              "thresholds": list, "architecture": dict, "quantized": bool, "provenance": dict}
+    for key, kind in fields.items():
+        need(isinstance(meta.get(key), kind), f"{key!r} missing or not a {kind.__name__}")
+    classes = meta["classes"]
+    need(len(classes) >= 1 and all(isinstance(c, str) and c for c in classes), "classes must be non-empty strings")
+    need(meta["head"] in HEADS, f"head {meta['head']!r} is not one of {', '.join(HEADS)}")
+    need(meta["window_frames"] >= 1 and meta["hop_frames"] >= 1, "window_frames and hop_frames must be positive")
+    try:
+        spec = FeatureSpec.from_dict(meta["spec"])
+    except (SpecError, TypeError) as exc:
+        raise ModelFileError(f"{path}: bad metadata: {exc}") from None
+    need(meta["architecture"].get("n_mels") == spec.n_mels, "architecture and spec disagree on n_mels")
+    _check_thresholds(meta["thresholds"], len(classes), lambda m: ModelFileError(f"{path}: bad metadata: {m}"))
+
+
+def _check_thresholds(values, n: int, error) -> np.ndarray:
+    try:
+        t = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise error("thresholds must be numbers") from None
+    if t.shape != (n,):
+        raise error(f"need {n} thresholds, one per class, got shape {t.shape}")
+    if not (np.isfinite(t).all() and (t >= 0).all() and (t <= 1).all()):
+        raise error("thresholds must lie in [0, 1]")
+    return t
+
+
+def _pick_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    if kind not in ("cpu", "cuda"):
+        raise ModelError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return str(device)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
