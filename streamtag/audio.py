@@ -56,6 +56,9 @@ def check_finite(samples: np.ndarray, offset: int = 0, rate: int | None = None, 
         raise NonFiniteAudioError(f"{where}: NaN or infinite sample at position {first}{at}", first)
 
 
+_CONTAINER_MAGIC = {b"RIFF": "WAV", b"RIFX": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"FORM": "AIFF"}
+
+
 def _declared_wav_bytes(path: Path) -> tuple[int, int] | None:
     """(declared data bytes, data offset) of a RIFF/WAVE file, or None if not one
     or if the header declares an unknown length (a streamed WAV)."""
@@ -75,6 +78,25 @@ def _declared_wav_bytes(path: Path) -> tuple[int, int] | None:
             f.seek(size + (size & 1), os.SEEK_CUR)
 
 
+def _ogg_is_complete(path: Path) -> bool:
+    """True if an Ogg file ends with a whole page that carries the end-of-stream flag.
+
+    Ogg headers declare no length, so a cut-short Ogg decodes cleanly up to the
+    cut; only its missing last page gives it away.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    start = tail.rfind(b"OggS")
+    if start < 0 or len(tail) - start < 27:
+        return False
+    flags, n_segments = tail[start + 5], tail[start + 26]
+    lacing = tail[start + 27:start + 27 + n_segments]
+    page_len = 27 + n_segments + sum(lacing)
+    return len(lacing) == n_segments and len(tail) - start == page_len and bool(flags & 0x04)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
     """Read a whole audio file as mono float32 at ``sample_rate``.
 
@@ -86,23 +108,31 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
         raise AudioNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise NotAudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise EmptyAudioError(f"{path}: file is empty")
     try:
-        with sf.SoundFile(path) as f:
-            rate = f.samplerate
-            declared = f.frames
-            data = f.read(dtype="float32", always_2d=True)
+        f = sf.SoundFile(path)
     except sf.LibsndfileError as exc:
-        if path.stat().st_size == 0:
-            raise EmptyAudioError(f"{path}: file is empty") from None
+        with open(path, "rb") as head:
+            magic = head.read(4)
+        if magic in _CONTAINER_MAGIC:
+            raise TruncatedAudioError(
+                f"{path}: {_CONTAINER_MAGIC[magic]} file is damaged or cut short ({exc.error_string})") from None
         raise NotAudioError(f"{path}: not a readable audio file ({exc.error_string})") from None
-    except RuntimeError as exc:  # libsndfile reports some decode failures mid-stream this way
-        raise TruncatedAudioError(f"{path}: audio data is damaged or cut short ({exc})") from None
+    with f:
+        rate, declared, container = f.samplerate, f.frames, f.format
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except sf.LibsndfileError as exc:
+            raise TruncatedAudioError(f"{path}: audio data is damaged or cut short ({exc.error_string})") from None
     wav = _declared_wav_bytes(path)
     if wav is not None:
         size, start = wav
         if path.stat().st_size < start + size:
             raise TruncatedAudioError(
                 f"{path}: truncated: header declares {size} bytes of samples, file holds {path.stat().st_size - start}")
+    if container == "OGG" and not _ogg_is_complete(path):
+        raise TruncatedAudioError(f"{path}: truncated: the Ogg stream has no final page")
     if len(data) < declared:
         raise TruncatedAudioError(f"{path}: truncated: header declares {declared} frames, only {len(data)} could be read")
     if len(data) == 0:
