@@ -35,7 +35,10 @@ def _push_kernel(x, hop, buf, state, window, fb_ptr, fb_bin, fb_w, amin, hist, r
     n_mels = fb_ptr.shape[0] - 1
     capacity = ring.shape[2] // 2
     frame = np.empty(n_fft)
+    power = np.empty(n_fft // 2 + 1)
     logmel = np.empty(n_mels)
+    ahead = np.empty(DELTA_TAPS, np.int64)
+    behind = np.empty(DELTA_TAPS, np.int64)
     fill = state[_FILL]
     emitted = state[_EMITTED]
     slot = state[_SLOT]
@@ -53,25 +56,26 @@ def _push_kernel(x, hop, buf, state, window, fb_ptr, fb_bin, fb_w, amin, hist, r
         for k in range(n_fft):
             frame[k] = buf[k] * window[k]
         spectrum = np.fft.rfft(frame)
+        for k in range(power.shape[0]):
+            power[k] = spectrum[k].real * spectrum[k].real + spectrum[k].imag * spectrum[k].imag
         for m in range(n_mels):
             acc = 0.0
             for j in range(fb_ptr[m], fb_ptr[m + 1]):
-                c = spectrum[fb_bin[j]]
-                acc += fb_w[j] * (c.real * c.real + c.imag * c.imag)
+                acc += fb_w[j] * power[fb_bin[j]]
             logmel[m] = 10.0 * np.log10(max(acc, amin))
         # causal delta over the last 9 log-mel frames; edge-pad the stream start
-        h = emitted % _HISTORY
         if emitted == 0:
             for r in range(_HISTORY):
                 hist[r, :] = logmel
         else:
-            hist[h, :] = logmel
+            hist[emitted % _HISTORY, :] = logmel
+        for tap in range(1, DELTA_TAPS + 1):
+            ahead[tap - 1] = (emitted - DELTA_TAPS + tap) % _HISTORY
+            behind[tap - 1] = (emitted - DELTA_TAPS - tap + _HISTORY) % _HISTORY
         for m in range(n_mels):
             d = 0.0
             for tap in range(1, DELTA_TAPS + 1):
-                ahead = hist[(emitted - DELTA_TAPS + tap) % _HISTORY, m]
-                behind = hist[(emitted - DELTA_TAPS - tap) % _HISTORY, m]
-                d += tap * (ahead - behind)
+                d += tap * (hist[ahead[tap - 1], m] - hist[behind[tap - 1], m])
             out[produced, 0, m] = logmel[m]
             out[produced, 1, m] = d
             ring[0, m, slot] = logmel[m]
