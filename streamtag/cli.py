@@ -31,6 +31,19 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from streamtag.modelfile import DEFAULT_MODEL, load_model
+    from streamtag.modelinfo import render_info
+
+    model = load_model(args.model, device="cpu")
+    Console().print(render_info(model, Path(args.model) if args.model else DEFAULT_MODEL))
+    return 0
+
+
 def _usage_error(message: str):
     from streamtag.errors import StreamtagError
 
@@ -51,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="audio file (anything libsndfile reads; any rate and channel count)")
     p.add_argument("-o", "--output", required=True, help="output .npy path")
     p.set_defaults(run=_cmd_features)
+
+    p = sub.add_parser("info", help="show a model file's classes, features, thresholds and provenance",
+                       description="Check a model file and print its metadata as a table.")
+    p.add_argument("model", nargs="?", help="model file (.pt); default: the model bundled with streamtag")
+    p.set_defaults(run=_cmd_info)
     return parser
 
 

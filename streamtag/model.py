@@ -23,6 +23,7 @@ The module is TorchScript-compatible; :mod:`streamtag.modelfile` scripts it.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -146,4 +147,6 @@ def quantize_dense(net: PiczakCNN) -> PiczakCNN:
     CPU only. The dense layers hold almost every weight, so this is where the
     time goes at batch 1; the convolutions stay float."""
     quantized = copy.deepcopy(net).cpu().eval()
-    return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8)

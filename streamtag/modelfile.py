@@ -28,10 +28,12 @@ truncated, foreign or outdated file fails with one clear
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -49,6 +51,16 @@ SCHEMA = 1
 METADATA_NAME = "streamtag.json"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.pt"
 BATCH = 256  # windows per forward pass in predict(): bounded memory, most of the batching gain
+
+
+@contextlib.contextmanager
+def _torchscript():
+    """TorchScript is deprecated in torch 2.11 in favour of torch.export, but it
+    is still the one format that runs from a single file without our Python
+    code; keep its deprecation notice out of every save and load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+        yield
 
 
 class _Probabilities(nn.Module):
@@ -108,11 +120,13 @@ def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frame
         raise ModelError(f"provenance must be plain JSON values (no NaN): {exc}") from None
 
     frozen = quantize_dense(net) if quantize else copy.deepcopy(net).cpu().eval()
-    scripted = torch.jit.script(_Probabilities(frozen).eval())
+    with _torchscript():
+        scripted = torch.jit.script(_Probabilities(frozen).eval())
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
-        torch.jit.save(scripted, str(partial), _extra_files={METADATA_NAME: text})
+        with _torchscript():
+            torch.jit.save(scripted, str(partial), _extra_files={METADATA_NAME: text})
         os.replace(partial, path)  # never leave a half-written model under the real name
     except (OSError, RuntimeError) as exc:
         partial.unlink(missing_ok=True)
@@ -185,19 +199,22 @@ def load_model(path=None, device: str | None = None) -> TaggerModel:
     if metadata["quantized"] and device != "cpu":
         raise ModelFileError(f"{path} has int8 dense layers, which run on the CPU only; use device 'cpu'")
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with _torchscript():
+            module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # torch raises RuntimeError and friends with multi-line C++ messages
         raise ModelFileError(f"{path} is corrupt: TorchScript cannot load it ({_first_line(exc)})") from None
     module.eval()
     model = TaggerModel(module, metadata, name, device)
+    window = torch.zeros((1, *model.input_shape), device=device)
     try:
-        for _ in range(3):  # the profiling executor optimises after the first runs
-            probs = model.predict(np.zeros((1, *model.input_shape), dtype=np.float32))
+        with torch.inference_mode():
+            for _ in range(3):  # the profiling executor optimises after the first runs
+                probs = module(window)
     except Exception as exc:
         raise ModelFileError(f"{path}: the network fails on a {model.input_shape} window "
                              f"({_first_line(exc)})") from None
-    if probs.shape != (1, len(model.classes)):
-        raise ModelFileError(f"{path}: the network gives {probs.shape[1]} outputs for {len(model.classes)} classes")
+    if tuple(probs.shape) != (1, len(model.classes)):
+        raise ModelFileError(f"{path}: the network gives {probs.shape[-1]} outputs for {len(model.classes)} classes")
     return model
 
 
