@@ -97,11 +97,11 @@ def _ogg_is_complete(path: Path) -> bool:
     return len(lacing) == n_segments and len(tail) - start == page_len and bool(flags & 0x04)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
-    """Read a whole audio file as mono float32 at ``sample_rate``.
+def open_audio(path: str | os.PathLike) -> sf.SoundFile:
+    """Open an audio file for reading in blocks.
 
-    Raises AudioNotFoundError, NotAudioError, EmptyAudioError,
-    TruncatedAudioError or NonFiniteAudioError, each with the file's name.
+    Raises AudioNotFoundError, NotAudioError, EmptyAudioError or
+    TruncatedAudioError (a known container whose header is damaged).
     """
     path = Path(path)
     if not path.exists():
@@ -111,7 +111,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
     if path.stat().st_size == 0:
         raise EmptyAudioError(f"{path}: file is empty")
     try:
-        f = sf.SoundFile(path)
+        return sf.SoundFile(path)
     except sf.LibsndfileError as exc:
         with open(path, "rb") as head:
             magic = head.read(4)
@@ -119,23 +119,38 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
             raise TruncatedAudioError(
                 f"{path}: {_CONTAINER_MAGIC[magic]} file is damaged or cut short ({exc.error_string})") from None
         raise NotAudioError(f"{path}: not a readable audio file ({exc.error_string})") from None
-    with f:
-        rate, declared, container = f.samplerate, f.frames, f.format
-        try:
-            data = f.read(dtype="float32", always_2d=True)
-        except sf.LibsndfileError as exc:
-            raise TruncatedAudioError(f"{path}: audio data is damaged or cut short ({exc.error_string})") from None
+
+
+def check_complete(path: str | os.PathLike, f: sf.SoundFile, frames_read: int) -> None:
+    """After reading ``frames_read`` frames of the open file ``f``, raise
+    TruncatedAudioError if the file promised more, EmptyAudioError if it held none."""
+    path = Path(path)
     wav = _declared_wav_bytes(path)
     if wav is not None:
         size, start = wav
         if path.stat().st_size < start + size:
             raise TruncatedAudioError(
                 f"{path}: truncated: header declares {size} bytes of samples, file holds {path.stat().st_size - start}")
-    if container == "OGG" and not _ogg_is_complete(path):
+    if f.format == "OGG" and not _ogg_is_complete(path):
         raise TruncatedAudioError(f"{path}: truncated: the Ogg stream has no final page")
-    if len(data) < declared:
-        raise TruncatedAudioError(f"{path}: truncated: header declares {declared} frames, only {len(data)} could be read")
-    if len(data) == 0:
+    if frames_read < f.frames:
+        raise TruncatedAudioError(f"{path}: truncated: header declares {f.frames} frames, only {frames_read} could be read")
+    if frames_read == 0:
         raise EmptyAudioError(f"{path}: holds no samples")
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 22050) -> np.ndarray:
+    """Read a whole audio file as mono float32 at ``sample_rate``.
+
+    Raises AudioNotFoundError, NotAudioError, EmptyAudioError,
+    TruncatedAudioError or NonFiniteAudioError, each with the file's name.
+    """
+    with open_audio(path) as f:
+        rate = f.samplerate
+        try:
+            data = f.read(dtype="float32", always_2d=True)
+        except sf.LibsndfileError as exc:
+            raise TruncatedAudioError(f"{path}: audio data is damaged or cut short ({exc.error_string})") from None
+        check_complete(path, f, len(data))
     check_finite(data, rate=rate, where=str(path))
     return resample(to_mono(data), rate, sample_rate)
