@@ -87,7 +87,7 @@ def _librosa_recompute(frames: int):
 def run(quick: bool = False) -> dict:
     """Measure and return the figures (microseconds) and ratios as a dict."""
     rng = np.random.default_rng(0)
-    seconds = 2 if quick else 20
+    seconds = 3 if quick else 20
     repeats = 2 if quick else 7
     audio = (rng.standard_normal(seconds * SPEC.sample_rate) * 0.1).astype(np.float32)
     result: dict = {"spec": SPEC.to_dict(), "audio_seconds": seconds}

@@ -53,3 +53,15 @@ class ModelFileError(ModelError):
 
 class ModelNotFoundError(ModelFileError, FileNotFoundError):
     """The model file does not exist."""
+
+
+class DatasetError(StreamtagError, ValueError):
+    """A dataset folder whose layout or metadata cannot be used."""
+
+
+class UnsupportedAudioError(AudioError):
+    """Audio in an encoding or sample type streamtag does not decode."""
+
+
+class DeviceError(StreamtagError, ValueError):
+    """A sound device that cannot be found or opened, or no audio backend at all."""
