@@ -1,0 +1,143 @@
+"""Network cost per window: eager PyTorch, the TorchScript model file, int8 dense layers.
+
+The live engine classifies one window per hop, at batch 1, on a machine whose
+other core runs audio capture and the frontend; offline evaluation classifies
+many windows at once. So each variant is timed at batch 1 and at batch
+``BATCH``, for the paper's dense 5000 (no batch norm) and the study's dense 1500
+(batch norm), all with ``THREADS`` torch threads, side by side in one run.
+Int8 changes the outputs a little; the table shows by how much, on random
+feature-like windows through a network with random weights.
+
+Run: ``python -m benchmarks.model [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamtag.features import FeatureSpec
+from streamtag.model import PiczakCNN
+from streamtag.modelfile import load_model, save_model
+
+THREADS = 1  # the live engine's setting: the other core captures audio and runs the frontend
+BATCH = 64
+FRAMES = 41
+SPEC = FeatureSpec()
+
+
+def _best_of(fn, repeats: int) -> float:
+    """Minimum wall time of ``fn()`` over ``repeats`` runs: the least disturbed figure on a shared machine."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _per_window_ms(fn, x: torch.Tensor, calls: int, repeats: int) -> float:
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up: TorchScript's profiling executor specialises on early calls
+            fn(x)
+        return _best_of(lambda: [fn(x) for _ in range(calls)], repeats) / (calls * x.shape[0]) * 1e3
+
+
+def _windows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, (n, 2, SPEC.n_mels, FRAMES)).astype(np.float32)
+    x[:, 0] = x[:, 0] * 20 - 50
+    x[:, 1] *= 10
+    return x
+
+
+def run(quick: bool = False) -> dict:
+    """Measure and return per-window costs (ms), ratios and int8 output changes as a dict."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    repeats = 2 if quick else 5
+    x1 = torch.from_numpy(_windows(1))
+    xb = torch.from_numpy(_windows(8 if quick else BATCH, seed=1))
+    check = _windows(16 if quick else 512, seed=2)
+    result: dict = {"threads": THREADS, "batch": xb.shape[0], "frames": FRAMES}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for dense, batch_norm in ((1500, True), (5000, False)):
+                torch.manual_seed(0)
+                net = PiczakCNN(10, frames=FRAMES, dense=dense, batch_norm=batch_norm).eval()
+                net.set_normalization(mean=[[[-50.0]], [[0.0]]], std=[[[20.0]], [[10.0]]])
+                models = {"eager": net}
+                for name, quantize in (("script", False), ("int8", True)):
+                    path = save_model(Path(tmp) / f"{name}{dense}.pt", net, classes=[f"c{i}" for i in range(10)],
+                                      spec=SPEC, window_frames=FRAMES, hop_frames=10, quantize=quantize)
+                    models[name] = load_model(path, device="cpu")
+                calls1 = 3 if quick else max(20, 20000 // dense)
+                for name, model in models.items():
+                    fn = model if name == "eager" else model.module
+                    result[f"{name}_b1_ms_{dense}"] = _per_window_ms(fn, x1, calls1, repeats)
+                    result[f"{name}_batched_ms_{dense}"] = _per_window_ms(fn, xb, 1 if quick else 3, repeats)
+                torch.set_num_threads(2)
+                result[f"script_b1_2threads_ms_{dense}"] = _per_window_ms(models["script"].module, x1, calls1, repeats)
+                torch.set_num_threads(THREADS)
+                predict_s = _best_of(lambda: [models["script"].predict(x1.numpy()) for _ in range(calls1)], repeats)
+                result[f"predict_b1_ms_{dense}"] = predict_s / calls1 * 1e3
+
+                exact = models["script"].predict(check)
+                quant = models["int8"].predict(check)
+                result[f"int8_max_abs_diff_{dense}"] = float(np.abs(quant - exact).max())
+                result[f"int8_mean_abs_diff_{dense}"] = float(np.abs(quant - exact).mean())
+                result[f"int8_flips_{dense}"] = float(((quant >= 0.5) != (exact >= 0.5)).mean())
+                for b in ("b1", "batched"):
+                    result[f"script_vs_eager_{b}_{dense}"] = result[f"eager_{b}_ms_{dense}"] / result[f"script_{b}_ms_{dense}"]
+                    result[f"int8_vs_script_{b}_{dense}"] = result[f"script_{b}_ms_{dense}"] / result[f"int8_{b}_ms_{dense}"]
+                result[f"batching_gain_{dense}"] = result[f"script_b1_ms_{dense}"] / result[f"script_batched_ms_{dense}"]
+    finally:
+        torch.set_num_threads(previous_threads)
+    return result
+
+
+def table(result: dict):
+    from rich.table import Table
+
+    t = Table(title=f"Piczak CNN, {result['frames']}-frame windows: ms per window "
+                    f"({result['threads']} torch thread{'s' if result['threads'] > 1 else ''}, "
+                    f"batched = {result['batch']})")
+    t.add_column("what")
+    t.add_column("dense 1500 + BN", justify="right")
+    t.add_column("dense 5000", justify="right")
+    denses = (1500, 5000)
+
+    def row(label, key, fmt):
+        t.add_row(label, *(fmt.format(result[key.format(d=d)]) for d in denses))
+
+    for b, label in (("b1", "batch 1"), ("batched", "batched")):
+        row(f"eager, {label}", "eager_" + b + "_ms_{d}", "{:.3f}")
+        row(f"TorchScript, {label}", "script_" + b + "_ms_{d}", "{:.3f}")
+        row(f"TorchScript int8 dense, {label}", "int8_" + b + "_ms_{d}", "{:.3f}")
+        row("  TorchScript speed-up vs eager", "script_vs_eager_" + b + "_{d}", "{:.2f}x")
+        row("  int8 speed-up vs TorchScript", "int8_vs_script_" + b + "_{d}", "{:.2f}x")
+    row("TorchScript, batch 1, 2 threads", "script_b1_2threads_ms_{d}", "{:.3f}")
+    row("TaggerModel.predict, batch 1", "predict_b1_ms_{d}", "{:.3f}")
+    row("batching gain (TorchScript)", "batching_gain_{d}", "{:.1f}x")
+    row("int8: max |change| in probability", "int8_max_abs_diff_{d}", "{:.4f}")
+    row("int8: mean |change| in probability", "int8_mean_abs_diff_{d}", "{:.5f}")
+    row("int8: decisions flipped at 0.5", "int8_flips_{d}", "{:.2%}")
+    return t
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+
+    Console().print(table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()
