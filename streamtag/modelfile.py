@@ -162,6 +162,8 @@ class TaggerModel:
 
     def predict(self, windows: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
         """Probabilities (N, C) float32 for windows (N, 2, n_mels, window_frames)."""
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ModelError(f"batch_size must be a positive int, got {batch_size!r}")
         windows = np.asarray(windows)
         if windows.ndim != 4 or windows.shape[1:] != self.input_shape:
             raise ModelError(f"expected windows of shape (N, {', '.join(map(str, self.input_shape))}), "
@@ -195,6 +197,8 @@ def load_model(path=None, device: str | None = None) -> TaggerModel:
         path = Path(path)
         name = path.stem
     metadata = read_metadata(path)
+    if metadata["quantized"] and device is None:
+        device = "cpu"  # int8 kernels exist for the CPU only
     device = _pick_device(device)
     if metadata["quantized"] and device != "cpu":
         raise ModelFileError(f"{path} has int8 dense layers, which run on the CPU only; use device 'cpu'")

@@ -170,6 +170,8 @@ def test_predict_batches_and_validates(random_model_file):
         model.predict(x[:, :, :, :40])
     with pytest.raises(ModelError, match="shape"):
         model.predict(x[0])
+    with pytest.raises(ModelError, match="batch_size"):
+        model.predict(x, batch_size=0)
     bad = x.copy()
     bad[2, 0, 5, 5] = np.nan
     with pytest.raises(ModelError, match="NaN"):
@@ -273,8 +275,8 @@ def test_cuda_path(random_model_file):
 def test_int8_dense_layers_stay_close(tmp_path):
     torch.manual_seed(0)
     net = _trained_looking(PiczakCNN(10, dense=256))
-    model = load_model(_save(tmp_path, net, quantize=True), device="cpu")
-    assert model.metadata["quantized"] is True
+    model = load_model(_save(tmp_path, net, quantize=True))
+    assert model.metadata["quantized"] is True and model.device == "cpu"  # int8 runs on the CPU only
     x = _windows(16)
     diff = np.abs(model.predict(x) - _eager_probs(net, x))
     assert diff.max() < 0.02 and diff.max() > 0  # really int8, and still close
