@@ -64,7 +64,7 @@ SCRIPT = (
     ("siren", 6.0, 5.0, -18.0),
     ("car_horn", 12.0, 0.8, -18.0),
     ("car_horn", 13.2, 0.6, -18.0),
-    ("jackhammer", 15.0, 4.0, -18.0),
+    ("jackhammer", 15.0, 4.0, -24.0),  # crest factor 13: peaks near -2 dBFS
 )
 DURATION = 20.0
 
