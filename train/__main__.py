@@ -1,0 +1,187 @@
+"""``python -m train``: cross-validate a recipe, build a feature cache, compare runs.
+
+    python -m train cv /data/ESC-10 --dataset esc10 --window short --seeds 0 1 2 --out runs/esc10-short
+    python -m train features /data/UrbanSound8K --dataset us8k
+    python -m train compare runs/esc10-* -o results/esc10.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset folder (UrbanSound8K layout, or ESC-50 layout for esc10/esc50)")
+    p.add_argument("--dataset", required=True, choices=("us8k", "esc10", "esc50"))
+    p.add_argument("--cache", help="feature cache folder (default $STREAMTAG_CACHE or ~/.cache/streamtag)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("cv", help="cross-validation over the official folds present")
+    _common(p)
+    p.add_argument("--window", choices=("short", "long"), default="short")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--folds", type=int, nargs="+", help="test only these folds (default: every present fold)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.001 for adam, 0.01 for sgd)")
+    p.add_argument("--weight-decay", type=float, help="L2 penalty (default 0 for adam, 0.001 for sgd)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--patience", type=int, default=0, help="> 0: early stopping on held-out validation clips")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--dense", type=int, default=1500)
+    p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--head", choices=("single", "multilabel"), default="single")
+    p.add_argument("--augment", default="none",
+                   help="comma list of shift, gain[=dB], background[=p], mix[=p], specaugment; or none")
+    p.add_argument("--out", help="run folder (default runs/DATASET-WINDOW)")
+    p.add_argument("--export", action="store_true",
+                   help="also train on all present folds and save model.pt in the run folder")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", help="cuda or cpu (default cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_cv)
+
+    p = sub.add_parser("features", help="compute and cache a dataset's features, then print its summary")
+    _common(p)
+    p.set_defaults(run=_cmd_features)
+
+    p = sub.add_parser("compare", help="markdown table of several run folders")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="write the table here instead of standard output")
+    p.set_defaults(run=_cmd_compare)
+    return parser
+
+
+def _load(args):
+    from streamtag.features import FeatureSpec
+    from train.cache import load_features
+    from train.datasets import read_dataset
+
+    dataset = read_dataset(args.dataset, args.data)
+    return load_features(dataset, FeatureSpec(), args.cache, quiet=getattr(args, "quiet", False))
+
+
+def _cmd_features(args) -> int:
+    feats = _load(args)
+    print(f"{feats.dataset.summary()}; {len(feats.frames)} frames cached")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from train.report import compare
+
+    for run in args.runs:
+        if not (run / "summary.json").is_file():
+            raise SystemExit(f"python -m train: error: {run} is not a run folder (no summary.json)")
+    table = compare(args.runs)
+    if args.output:
+        args.output.write_text(table)
+    else:
+        print(table, end="")
+    return 0
+
+
+def _cmd_cv(args) -> int:
+    from train.augment import Augment
+    from train.datasets import read_dataset
+
+    try:
+        augment = Augment.parse(args.augment)
+    except ValueError as exc:
+        raise SystemExit(f"python -m train: error: {exc}")
+    read_dataset(args.dataset, args.data)  # bad paths fail here, before torch loads
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from train.crossval import cross_validate, fit
+    from train.loop import Recipe
+    from train.report import write_run
+    from train.segments import WINDOWS
+
+    sgd = args.optimizer == "sgd"
+    recipe = Recipe(optimizer=args.optimizer, lr=args.lr or (0.01 if sgd else 1e-3),
+                    weight_decay=args.weight_decay if args.weight_decay is not None else (1e-3 if sgd else 0.0),
+                    epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule, patience=args.patience,
+                    dense=args.dense, batch_norm=args.batch_norm, dropout=args.dropout, head=args.head)
+    torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out or f"runs/{args.dataset}-{args.window}")
+    console = Console(stderr=True)
+    feats = _load(args)
+    console.print(feats.dataset.summary())
+    folds = args.folds or feats.dataset.folds
+    absent = sorted(set(folds) - set(feats.dataset.folds))
+    if absent:
+        raise SystemExit(f"python -m train: error: fold(s) {absent} not present ({feats.dataset.summary()})")
+
+    recipe_text = (f"{recipe.optimizer} lr={recipe.lr:g} wd={recipe.weight_decay:g} {recipe.schedule} "
+                   f"{recipe.epochs} epochs" + (f" early-stop(patience {recipe.patience})" if recipe.patience else "")
+                   + f" batch {recipe.batch_size} dense {recipe.dense}{'+bn' if recipe.batch_norm else ''}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+                  TimeRemainingColumn(), console=console, disable=args.quiet) as progress:
+        task = progress.add_task("cv", total=len(args.seeds) * len(folds) * recipe.epochs)
+
+        def on_epoch(seed, fold, row):
+            progress.update(task, advance=1, description=f"seed {seed} fold {fold} epoch {row['epoch']} "
+                            f"loss {row['loss']:.3f} test {100 * row['test_acc']:.1f}%")
+
+        def on_fold(r):
+            progress.update(task, advance=recipe.epochs - r["epochs"])  # epochs early stopping skipped
+            console.print(f"seed {r['seed']} fold {r['fold']}: segment {100 * r['segment']:.1f}%, clip prob "
+                          f"{100 * r['prob']:.1f}%, majority {100 * r['majority']:.1f}% ({r['seconds']:.0f} s)")
+
+        results = cross_validate(feats, args.window, recipe, augment, args.seeds, device, args.val_fraction,
+                                 folds, on_epoch, on_fold)
+    command = "python -m train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    info = {"name": out.name, "dataset": feats.dataset.name, "dataset_summary": feats.dataset.summary(),
+            "window": args.window, "recipe": recipe_text, "augment": augment.describe(), "command": command,
+            "config": {**dataclasses.asdict(recipe), "augment": dataclasses.asdict(augment), "device": device}}
+    summary = write_run(out, results, feats.dataset.classes, info)
+    console.print(f"{out.name}: clip accuracy {100 * summary['prob']['mean']:.1f}% (prob vote), "
+                  f"{100 * summary['majority']['mean']:.1f}% (majority), segment {100 * summary['segment']['mean']:.1f}% "
+                  f"-> {out}/results.md")
+    if args.export:
+        import numpy as np
+
+        from streamtag.modelfile import save_model
+
+        console.print("training the exported model on every present fold")
+        net, history = fit(feats, np.arange(len(feats.dataset.clips)), args.window, recipe, augment,
+                           args.seeds[0], device, args.val_fraction)
+        length, stride = WINDOWS[args.window]
+        save_model(out / "model.pt", net.cpu(), classes=feats.dataset.classes, spec=feats.spec,
+                   window_frames=length, hop_frames=stride,
+                   provenance={"dataset": feats.dataset.summary(), "command": command, "recipe": recipe_text,
+                               "augment": augment.describe(), "epochs": len(history),
+                               "cv_clip_accuracy_prob": summary["prob"]["mean"]})
+        console.print(f"model -> {out / 'model.pt'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from streamtag.errors import StreamtagError
+
+    try:
+        return args.run(args)
+    except StreamtagError as exc:
+        print(f"python -m train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

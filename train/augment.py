@@ -1,0 +1,96 @@
+"""Augmentations, on audio (before the frontend) and on feature batches.
+
+Audio-level ones keep the features honest: a mixed or shifted clip goes through
+the same frontend a live stream does, so the model never sees frames the
+frontend could not produce. Between-class mixing follows Tokozume et al.
+(2018, "Learning from between-class examples", EnvNet-v2): two clips of
+different classes are mixed at a random ratio, with their loudness taken into
+account, and the target is the same mix of their labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Augment:
+    """Which augmentations to apply; all off by default."""
+
+    shift: bool = False  # random sub-hop sample offset and random window grid offset
+    gain_db: float = 0.0  # random gain, uniform in +-gain_db
+    background: float = 0.0  # probability of mixing in another class's clip at 10..20 dB below
+    mix: float = 0.0  # probability of a between-class mix (soft targets)
+    specaugment: bool = False  # one frequency and one time mask per window (torchaudio)
+
+    @classmethod
+    def parse(cls, text: str) -> "Augment":
+        """'shift,gain=6,background=0.5,mix=0.5,specaugment' (values optional); 'none' for nothing."""
+        aug = cls()
+        defaults = {"gain": 6.0, "background": 0.5, "mix": 0.5}
+        fields = {"shift": "shift", "gain": "gain_db", "background": "background", "mix": "mix",
+                  "specaugment": "specaugment"}
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            if item == "none":
+                continue
+            key, _, value = item.partition("=")
+            if key not in fields:
+                raise ValueError(f"unknown augmentation {key!r}; choose from {', '.join(fields)} or none")
+            if key in ("shift", "specaugment"):
+                setattr(aug, fields[key], True)
+            else:
+                try:
+                    setattr(aug, fields[key], float(value) if value else defaults[key])
+                except ValueError:
+                    raise ValueError(f"augmentation {key} takes a number, got {value!r}") from None
+        return aug
+
+    @property
+    def on_audio(self) -> bool:
+        return self.shift or self.gain_db > 0 or self.background > 0 or self.mix > 0
+
+    def describe(self) -> str:
+        parts = (["shift"] if self.shift else []) + ([f"gain={self.gain_db:g}"] if self.gain_db else []) \
+            + ([f"background={self.background:g}"] if self.background else []) \
+            + ([f"mix={self.mix:g}"] if self.mix else []) + (["specaugment"] if self.specaugment else [])
+        return ",".join(parts) or "none"
+
+
+def loudness_db(audio: np.ndarray, block: int = 2205) -> float:
+    """Peak RMS over 0.1 s blocks in dB: the 'sound pressure' of a clip for mixing."""
+    n = max(1, len(audio) // block)
+    blocks = np.resize(audio, n * block).reshape(n, block) if len(audio) >= block else audio[None, :]
+    return float(20 * np.log10(max(np.sqrt((blocks.astype(np.float64) ** 2).mean(axis=1)).max(), 1e-8)))
+
+
+def between_class_mix(a: np.ndarray, b: np.ndarray, r: float) -> np.ndarray:
+    """Tokozume's mix of ``a`` (weight r) and ``b`` (1 - r), compensating their loudness,
+    so that ``r`` is the share of the perceived mixture, not of the raw amplitudes."""
+    n = max(len(a), len(b))
+    a, b = np.pad(a, (0, n - len(a))), np.pad(b, (0, n - len(b)))
+    if r <= 0 or r >= 1:
+        return a if r >= 1 else b
+    p = 1.0 / (1.0 + 10 ** ((loudness_db(a) - loudness_db(b)) / 20) * (1 - r) / r)
+    return ((p * a + (1 - p) * b) / np.sqrt(p * p + (1 - p) ** 2)).astype(np.float32)
+
+
+def add_background(a: np.ndarray, b: np.ndarray, snr_db: float) -> np.ndarray:
+    """``a`` with ``b`` added ``snr_db`` below it (``b`` looped or cut to ``a``'s length)."""
+    b = np.resize(b, len(a))
+    scale = 10 ** ((loudness_db(a) - loudness_db(b) - snr_db) / 20)
+    return (a + scale * b).astype(np.float32)
+
+
+def spec_augment(x: "torch.Tensor", mean: "torch.Tensor", max_bands: int = 8,
+                 max_frames: int | None = None) -> "torch.Tensor":
+    """One frequency mask and one time mask per window, filled with the feature
+    mean (zero after the model's normalisation). ``x`` is (N, 2, n_mels, frames)."""
+    import torchaudio  # here, so that parsing options does not load torch
+
+    max_frames = max_frames or max(1, x.shape[-1] // 8)
+    centred = x - mean
+    centred = torchaudio.functional.mask_along_axis_iid(centred, max_bands, 0.0, 2)
+    centred = torchaudio.functional.mask_along_axis_iid(centred, max_frames, 0.0, 3)
+    return centred + mean

@@ -1,0 +1,108 @@
+"""The training loop: plain PyTorch, plain values.
+
+Two recipes: Piczak's (SGD with Nesterov momentum, L2 weight decay, dropout
+0.5) and Adam as in the later study. Targets are a ``(B, C)`` matrix: soft
+cross-entropy for the single-label (softmax) head, binary cross-entropy for the
+multilabel (sigmoid) head. Training runs for a fixed number of epochs or, with
+``patience``, stops early when clip accuracy on validation clips (held out by
+clip, never by segment) has not improved for that many epochs, and restores
+the best weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from train.augment import spec_augment
+from train.evaluate import predict, scores
+
+
+@dataclasses.dataclass
+class Recipe:
+    optimizer: str = "adam"  # "adam" or "sgd" (Nesterov momentum)
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # L2 penalty
+    momentum: float = 0.9  # SGD only
+    epochs: int = 30  # the fixed schedule, or the most epochs with early stopping
+    batch_size: int = 128
+    schedule: str = "constant"  # or "cosine": decay the learning rate to 0 over `epochs`
+    patience: int = 0  # > 0: early stopping on validation clip accuracy
+    dense: int = 1500
+    batch_norm: bool = True
+    dropout: float = 0.5
+    head: str = "single"  # softmax over classes; "multilabel" trains sigmoids with BCE
+
+
+def loss_fn(head: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if head == "multilabel":
+        return F.binary_cross_entropy_with_logits
+    return lambda logits, target: -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def make_optimizer(net: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"optimizer must be adam or sgd, got {recipe.optimizer!r}")
+
+
+def train(net, source, recipe: Recipe, rng: np.random.Generator, device: str = "cpu",
+          specaugment: bool = False, watch: dict | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``net`` on batches from ``source``; return one dict per epoch.
+
+    ``watch`` maps a name to ``(frames, segments, labels)`` evaluated after each
+    epoch (clip accuracy by probability voting). The one named ``"val"`` drives
+    early stopping; others (a test fold) are only recorded for the curves.
+    """
+    net.to(device).train()
+    opt = make_optimizer(net, recipe)
+    criterion = loss_fn(recipe.head)
+    watch = watch or {}
+    best, best_acc, stale = None, -1.0, 0
+    history = []
+    for epoch in range(1, recipe.epochs + 1):
+        if recipe.schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / recipe.epochs))
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        for x, y in source.epoch(rng):
+            if len(x) < 2:  # batch norm needs two examples
+                continue
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            if specaugment:
+                x = spec_augment(x, net.feature_mean)
+            loss = criterion(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(x)
+            count += len(x)
+        row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
+        for name, (frames, segments, labels) in watch.items():
+            row[f"{name}_acc"] = scores(predict(net, frames, segments, device), segments.clip, labels)["prob"]
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if recipe.patience and "val" in watch:
+            if row["val_acc"] > best_acc:
+                best, best_acc, stale = copy.deepcopy(net.state_dict()), row["val_acc"], 0
+            else:
+                stale += 1
+                if stale >= recipe.patience:
+                    break
+    if best is not None:
+        net.load_state_dict(best)
+    net.eval()
+    return history
