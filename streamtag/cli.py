@@ -44,6 +44,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tag(args: argparse.Namespace) -> int:
+    from streamtag.tag import run
+
+    return run(args)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from streamtag.tag import devices
+
+    return devices(args)
+
+
 def _usage_error(message: str):
     from streamtag.errors import StreamtagError
 
@@ -69,6 +81,46 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check a model file and print its metadata as a table.")
     p.add_argument("model", nargs="?", help="model file (.pt); default: the model bundled with streamtag")
     p.set_defaults(run=_cmd_info)
+
+    p = sub.add_parser("tag", help="tag audio files, a WAV or raw PCM pipe, or a microphone",
+                       description="Tag sound events in audio files, in a stream on standard input (a WAV stream, "
+                                   "e.g. from arecord or sox, or raw PCM with --raw), or live from a microphone. "
+                                   "Writes events as JSON Lines when standard output is not a terminal, a live "
+                                   "list when it is; --clip writes one line of clip-level scores per input.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="audio files (anything libsndfile reads), or '-' for standard input; default: standard "
+                        "input when it is a pipe")
+    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
+    p.add_argument("--mic", nargs="?", const="", metavar="DEVICE",
+                   help="tag live from a microphone: the default input, or a device index or name "
+                        "(see `streamtag devices`); Ctrl-C stops")
+    p.add_argument("--raw", action="store_true", help="standard input is headerless little-endian PCM")
+    p.add_argument("--rate", metavar="HZ", help="sample rate of --raw input")
+    p.add_argument("--channels", metavar="N", help="channels of --raw input (default 1)")
+    p.add_argument("--sample-type", default="s16", metavar="TYPE", help="s16, s32 or f32 for --raw input (default s16)")
+    p.add_argument("-f", "--format", choices=["jsonl", "csv", "audacity", "text"],
+                   help="output format (default: text on a terminal, else from the -o suffix, else jsonl)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of standard output")
+    p.add_argument("--frames", action="store_true", help="also write every window's class scores (JSON Lines)")
+    p.add_argument("--clip", action="store_true",
+                   help="one line per input with clip-level scores (mean over its windows) and the top labels")
+    p.add_argument("--top", type=int, default=3, metavar="K", help="labels named per clip (default 3)")
+    p.add_argument("--hop", type=int, metavar="FRAMES",
+                   help="frames between windows (1 frame = 23 ms; default: the model's)")
+    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
+    p.add_argument("--hysteresis", type=float, default=0.1, metavar="P",
+                   help="an event ends when its score falls below threshold - P (default 0.1)")
+    p.add_argument("--smooth", type=float, default=0.3, metavar="SECONDS",
+                   help="moving average of each class's score over this long (default 0.3)")
+    p.add_argument("--min-duration", type=float, default=0.25, metavar="SECONDS",
+                   help="drop events shorter than this (default 0.25)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this much of each input")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
+    p.set_defaults(run=_cmd_tag)
+
+    p = sub.add_parser("devices", help="list the audio input devices --mic can use",
+                       description="List audio input devices: index, name, host API, channels, default rate.")
+    p.set_defaults(run=_cmd_devices)
     return parser
 
 

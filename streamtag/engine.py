@@ -1,0 +1,387 @@
+"""The streaming engine: one path from any source to scored windows and events.
+
+A source writes blocks into a :class:`~streamtag.ringbuffer.RingBuffer`; the
+engine reads them on the caller's thread and, for each block:
+
+1. downmixes to mono and rejects NaN or infinite samples, naming the position;
+2. resamples to the model's rate with soxr's streaming resampler (its output
+   does not depend on how the input is chunked, and equals the whole-file
+   resampling :func:`streamtag.audio.load_audio` does for training);
+3. pushes the result through the :class:`~streamtag.frontend.Frontend`;
+4. cuts a window of ``window_frames`` frames every ``hop_frames`` frames and
+   scores all windows of the block in one batch;
+5. smooths each class over time and tracks events (:mod:`streamtag.events`).
+
+Window ``i`` ends at frame ``t = window_frames - 1 + i * hop_frames``, so it
+covers model-rate samples ``[(t - window_frames + 1) * hop, t * hop + n_fft)``:
+its times in seconds of the input come from those sample positions, never
+from a clock. If a live source drops audio, the engine closes open events at
+the gap and starts a new stretch at the position where audio resumes, so times
+after a gap stay exact too.
+
+The engine knows nothing of screens or file formats: sinks receive
+:class:`WindowScores` and :class:`~streamtag.events.Event` objects through
+callbacks, and a dashboard on another thread reads :meth:`Engine.snapshot`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import soxr
+
+from streamtag.audio import check_finite, to_mono
+from streamtag.errors import NonFiniteAudioError, StreamtagError
+from streamtag.events import Event, EventTracker, Smoother
+from streamtag.frontend import Frontend
+from streamtag.ringbuffer import RingBuffer
+from streamtag.sources import Source
+
+OnWindow = Callable[["WindowScores"], None]
+OnEvent = Callable[[str, Event], None]  # ("open" | "close", event)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowScores:
+    """One scored window. ``start``/``end`` are seconds of the input;
+    ``arrival`` and ``done`` are ``time.perf_counter()`` stamps of when its last
+    sample entered the ring and when its scores were ready."""
+
+    index: int
+    start: float
+    end: float
+    scores: np.ndarray  # (C,) probabilities from the model
+    smoothed: np.ndarray  # (C,) after per-class smoothing
+    arrival: float
+    done: float
+
+    @property
+    def latency(self) -> float:
+        return self.done - self.arrival
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a dashboard shows, copied at one instant. Latencies are (p50, p99)
+    in seconds over the recent past, NaN before any measurement."""
+
+    source: str
+    classes: list[str]
+    running: bool
+    seconds: float  # input seconds read so far
+    windows: int
+    scores: np.ndarray  # newest window's probabilities
+    smoothed: np.ndarray  # newest smoothed probabilities
+    active: list[Event]  # events open now
+    level_dbfs: float  # RMS level of the newest block
+    frames: np.ndarray  # (history, n_mels) newest log-mel frames, oldest first
+    latency: dict[str, tuple[float, float]]  # "frontend", "model", "end_to_end"
+    dropped_samples: int
+    overflows: int
+    buffer_fill: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What one :meth:`Engine.run` did."""
+
+    source: str
+    sample_rate: int
+    seconds: float  # input seconds read (dropped ones included)
+    windows: int
+    events: int
+    dropped_samples: int
+    gaps: int
+    overflows: int
+    stopped: bool  # ended by stop() or max_seconds rather than by the end of the input
+    clip_scores: np.ndarray | None  # mean window probabilities (probability voting), None without windows
+    wall_seconds: float
+    error: StreamtagError | None  # what cut the input short (truncation, NaN samples), after tagging what came
+
+    @property
+    def dropped_seconds(self) -> float:
+        return self.dropped_samples / self.sample_rate
+
+
+class LatencyLog:
+    """The last ``size`` durations of one kind, for percentiles without growth."""
+
+    def __init__(self, size: int = 1000):
+        self._values = np.full(size, np.nan)
+        self._count = 0
+
+    def add(self, seconds: float) -> None:
+        self._values[self._count % len(self._values)] = seconds
+        self._count += 1
+
+    def percentiles(self) -> tuple[float, float]:
+        if not self._count:
+            return math.nan, math.nan
+        p50, p99 = np.nanpercentile(self._values, [50, 99])
+        return float(p50), float(p99)
+
+
+class Engine:
+    """Tags audio from any :class:`~streamtag.sources.Source` with one model.
+
+    ``model`` is a :class:`~streamtag.modelfile.TaggerModel` (or anything with
+    its ``classes``, ``spec``, ``window_frames``, ``hop_frames``,
+    ``thresholds`` and ``predict``). ``hop_frames`` defaults to the model's;
+    ``thresholds`` (one value or one per class) to the model's. A class's
+    event ends when its smoothed score drops below ``threshold - hysteresis``.
+    ``smooth`` and ``min_duration`` are in seconds; ``ring_seconds`` is how much
+    audio a live source may get ahead of the engine before the oldest is dropped.
+    """
+
+    def __init__(self, model, *, hop_frames: int | None = None, thresholds=None, smooth: float = 0.3,
+                 hysteresis: float = 0.1, min_duration: float = 0.25, ring_seconds: float = 10.0,
+                 read_seconds: float = 0.5, history_frames: int = 101):
+        self.model = model
+        self.spec = model.spec
+        self.classes = list(model.classes)
+        self.window_frames = int(model.window_frames)
+        self.hop_frames = int(model.hop_frames if hop_frames is None else hop_frames)
+        if self.hop_frames < 1:
+            raise StreamtagError(f"hop must be at least 1 frame, got {self.hop_frames}")
+        on = np.asarray(model.thresholds if thresholds is None else thresholds, dtype=np.float64)
+        on = np.broadcast_to(on, (len(self.classes),))
+        if not ((on >= 0) & (on <= 1)).all():
+            raise StreamtagError("thresholds must lie in [0, 1]")
+        if not 0 <= hysteresis <= 1 or smooth < 0 or min_duration < 0:
+            raise StreamtagError("hysteresis must lie in [0, 1]; smoothing and minimum duration must be >= 0")
+        self.hop_seconds = self.spec.seconds(self.hop_frames)
+        self.smooth_windows = max(1, round(smooth / self.hop_seconds))
+        self.tracker = EventTracker(self.classes, on, np.maximum(on - hysteresis, 0.0), min_duration)
+        self.smoother = Smoother(len(self.classes), self.smooth_windows)
+        self.frontend = Frontend(self.spec, history=1)
+        self.ring_seconds, self.read_seconds = ring_seconds, read_seconds
+        self.latency = {name: LatencyLog() for name in ("frontend", "model", "end_to_end")}
+        self._frames = np.full((history_frames, self.spec.n_mels), self.spec.floor_db, dtype=np.float32)
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._running = False
+        self._ring: RingBuffer | None = None
+        self._source: Source | None = None
+        self._reset_run()
+
+    # -- public --------------------------------------------------------------
+
+    def run(self, source: Source, on_window: OnWindow | None = None, on_event: OnEvent | None = None,
+            max_seconds: float | None = None) -> Summary:
+        """Tag ``source`` to its end, until :meth:`stop`, or for ``max_seconds``
+        of input, and say what happened. A fault of the input found part-way (a
+        truncated stream, NaN samples) does not raise: everything before it is
+        tagged, open events are closed, and it is returned as ``Summary.error``.
+        A source that cannot start raises. Can be called again for the next source."""
+        self._reset_run()
+        self._source, self._on_window, self._on_event = source, on_window, on_event
+        rate = source.sample_rate
+        self._resampler = None if rate == self.spec.sample_rate else soxr.ResampleStream(
+            rate, self.spec.sample_rate, 1, dtype="float32", quality="VHQ")
+        read = max(1, int(self.read_seconds * rate))
+        capacity = max(int(self.ring_seconds * rate), 2 * read) if source.live else 2 * read
+        ring = self._ring = RingBuffer(capacity, source.channels)
+        limit = None if max_seconds is None else max(0, round(max_seconds * rate))
+        block = np.empty((read, source.channels), dtype=np.float32)
+        error: StreamtagError | None = None
+        stopped = False
+        t0 = time.perf_counter()
+        self._stopping, self._running = False, True
+        source.start(ring)
+        try:
+            while True:
+                if self._stopping and not stopped:  # take what already arrived, then end
+                    source.stop()
+                    ring.cancel()
+                    stopped = True
+                n, position = ring.read(block, timeout=0.05)
+                if n == 0:
+                    if ring.finished or stopped:
+                        break
+                    continue
+                if limit is not None and position + n >= limit:
+                    if limit > position:
+                        self._feed(block[:limit - position], position)
+                    stopped = True
+                    break
+                self._feed(block[:n], position)
+            if not stopped and ring.error is not None:
+                if not isinstance(ring.error, StreamtagError):
+                    raise ring.error  # a bug, not the input's fault
+                error = ring.error
+        except NonFiniteAudioError as exc:
+            error = exc
+        finally:
+            source.stop()
+            ring.cancel()
+            self._running = False
+        self._stopped = stopped
+        self._end_stretch()
+        return self._summary(time.perf_counter() - t0, error)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to end soon: audio already received is still tagged
+        and open events are closed. Safe from a signal handler or another thread."""
+        self._stopping = True
+
+    def snapshot(self) -> Snapshot:
+        """The current state, for a dashboard polling from another thread."""
+        ring, source = self._ring, self._source
+        with self._lock:
+            return Snapshot(
+                source=source.name if source else "",
+                classes=self.classes,
+                running=self._running,
+                seconds=self._read_frames / source.sample_rate if source else 0.0,
+                windows=self._windows,
+                scores=self._last_scores,
+                smoothed=self._last_smoothed,
+                active=self.tracker.active,
+                level_dbfs=self._level_dbfs,
+                frames=np.roll(self._frames, -self._frames_slot, axis=0),
+                latency={name: log.percentiles() for name, log in self.latency.items()},
+                dropped_samples=ring.dropped if ring else 0,
+                overflows=source.overflows if source else 0,
+                buffer_fill=ring.fill if ring else 0.0,
+            )
+
+    # -- one run -------------------------------------------------------------
+
+    def _reset_run(self) -> None:
+        n = len(self.classes)
+        self._read_frames = 0  # input frames read, i.e. the position after the newest block
+        self._windows = 0
+        self._events = 0
+        self._gaps = 0
+        self._stopped = False
+        self._score_sum = np.zeros(n, dtype=np.float64)
+        self._last_scores = np.zeros(n, dtype=np.float32)
+        self._last_smoothed = np.zeros(n, dtype=np.float32)
+        self._level_dbfs = -math.inf
+        with self._lock:
+            self._frames[:] = self.spec.floor_db
+            self._frames_slot = 0
+        self._resampler = None
+        self._on_window: OnWindow | None = None
+        self._on_event: OnEvent | None = None
+        with self._lock:
+            self.tracker.reset()
+        self._start_stretch(0)
+
+    def _start_stretch(self, position: int) -> None:
+        """Begin a stretch of contiguous audio at input frame ``position``."""
+        self._stretch_start = position  # input frame where this stretch begins
+        self._model_samples = 0  # model-rate samples pushed in this stretch
+        self._stretch_windows = 0
+        self._next_end = self.window_frames - 1  # frame index (in the stretch) the next window ends at
+        self._tail = np.empty((0, 2, self.spec.n_mels), dtype=np.float32)  # last window_frames - 1 frames
+        self.frontend.reset()
+        self.smoother.reset()
+        if self._resampler is not None:
+            self._resampler.clear()
+
+    def _feed(self, block: np.ndarray, position: int) -> None:
+        if position != self._read_frames:  # the ring dropped audio: what follows is a new stretch
+            self._end_stretch()
+            self._gaps += 1
+            self._start_stretch(position)
+        mono = to_mono(block)
+        try:
+            check_finite(mono, offset=position, rate=self._source.sample_rate, where=self._source.name)
+        except NonFiniteAudioError as exc:
+            mono = mono[:exc.position - position]  # tag what came before the bad sample
+            self._read_frames = exc.position
+            self._process(mono)
+            raise
+        self._read_frames = position + len(mono)
+        rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) if len(mono) else 0.0
+        self._level_dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
+        self._process(mono)
+
+    def _process(self, mono: np.ndarray, last: bool = False) -> None:
+        """Resample, frame, cut and score the windows ``mono`` completes."""
+        t0 = time.perf_counter()
+        x = mono if self._resampler is None else self._resampler.resample_chunk(mono, last=last)
+        frames = self.frontend.push(x)
+        self.latency["frontend"].add(time.perf_counter() - t0)
+        self._model_samples += len(x)
+        if not len(frames):
+            return
+        with self._lock:  # the dashboard's spectrogram
+            for frame in frames[-len(self._frames):, 0]:
+                self._frames[self._frames_slot] = frame
+                self._frames_slot = (self._frames_slot + 1) % len(self._frames)
+        first = self.frontend.frames_emitted - len(frames)  # stretch index of frames[0]
+        span = np.concatenate([self._tail, frames]) if len(self._tail) else frames
+        base = first - len(self._tail)  # stretch index of span[0]
+        ends = np.arange(self._next_end, self.frontend.frames_emitted, self.hop_frames)
+        keep = self.window_frames - 1
+        self._tail = span[max(0, len(span) - keep):].copy() if keep else span[:0]
+        if not len(ends):
+            return
+        self._next_end = int(ends[-1]) + self.hop_frames
+        starts = ends - keep
+        view = np.lib.stride_tricks.sliding_window_view(span, self.window_frames, axis=0)
+        windows = np.ascontiguousarray(view[starts - base])  # (n, 2, n_mels, window_frames)
+        t1 = time.perf_counter()
+        scores = self.model.predict(windows)
+        done = time.perf_counter()
+        self.latency["model"].add(done - t1)
+        self._score(ends, scores, done)
+
+    def _score(self, ends: np.ndarray, scores: np.ndarray, done: float) -> None:
+        spec, rate = self.spec, self._source.sample_rate
+        t0 = self._stretch_start / rate  # input seconds where the stretch begins
+        sr = spec.sample_rate
+        half_hop = self.hop_seconds / 2
+        for t, p in zip(ends.tolist(), scores):
+            first = (t - self.window_frames + 1) * spec.hop_length  # model-rate samples of the stretch
+            stop = t * spec.hop_length + spec.n_fft
+            last_input = self._stretch_start + math.ceil(stop * rate / sr) - 1
+            arrival = self._ring.arrival_time(last_input)
+            smoothed, centre = self.smoother.push(p, t0 + (first + stop) / 2 / sr)
+            window = WindowScores(self._windows, t0 + first / sr, t0 + stop / sr, p, smoothed, arrival, done)
+            self.latency["end_to_end"].add(done - arrival)
+            self._windows += 1
+            self._stretch_windows += 1
+            self._score_sum += p
+            with self._lock:
+                self._last_scores, self._last_smoothed = p, smoothed
+                changes = self.tracker.update(centre - half_hop, centre + half_hop, smoothed)
+            if self._on_window is not None:
+                self._on_window(window)
+            self._emit(changes)
+
+    def _emit(self, changes: list[tuple[str, Event]]) -> None:
+        for kind, event in changes:
+            self._events += kind == "close"
+            if self._on_event is not None:
+                self._on_event(kind, event)
+
+    def _end_stretch(self) -> None:
+        """The audio of this stretch is complete: flush the resampler, score a
+        clip shorter than one window as if padded with silence, close events."""
+        if self._resampler is not None and self._read_frames > self._stretch_start:
+            self._process(np.empty(0, dtype=np.float32), last=True)
+        if self._stretch_windows == 0 and self._model_samples > 0:
+            need = (self.window_frames - 1) * self.spec.hop_length + self.spec.n_fft - self._model_samples
+            resampler, self._resampler = self._resampler, None  # the padding is at the model's rate already
+            self._process(np.zeros(max(need, 0), dtype=np.float32))
+            self._resampler = resampler
+        with self._lock:
+            changes = self.tracker.close_all()
+        self._emit(changes)
+
+    def _summary(self, wall: float, error: StreamtagError | None) -> Summary:
+        source, ring = self._source, self._ring
+        return Summary(
+            source=source.name, sample_rate=source.sample_rate, seconds=self._read_frames / source.sample_rate,
+            windows=self._windows, events=self._events, dropped_samples=ring.dropped, gaps=self._gaps,
+            overflows=source.overflows, stopped=self._stopped,
+            clip_scores=(self._score_sum / self._windows).astype(np.float32) if self._windows else None,
+            wall_seconds=wall, error=error)

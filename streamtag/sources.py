@@ -1,0 +1,410 @@
+"""Where audio comes from: files, pipes, microphones, arrays.
+
+A source knows its input ``sample_rate`` and ``channels`` and, once started,
+writes ``(frames, channels)`` float32 blocks into the engine's
+:class:`~streamtag.ringbuffer.RingBuffer`. It neither resamples nor downmixes:
+the engine does both, the same way for every source, so a recording gives the
+same scores whichever way it arrives.
+
+- Pull sources (a file, a WAV or raw PCM stream, an array) read on their own
+  thread and write with back-pressure: they lose nothing.
+- Live sources (a microphone, or :class:`PacedSource` standing in for one)
+  write from a callback that must not wait; if the engine falls behind, the
+  ring drops the oldest audio and counts it.
+
+A pull source that fails part-way (a truncated stream, a decoding error)
+hands its error to the ring after the audio it did read, so the engine tags
+everything that arrived and then reports the error.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import soundfile as sf
+
+from streamtag.audio import check_complete, open_audio
+from streamtag.errors import (
+    DeviceError,
+    EmptyAudioError,
+    NotAudioError,
+    StreamtagError,
+    TruncatedAudioError,
+    UnsupportedAudioError,
+)
+from streamtag.ringbuffer import RingBuffer
+
+#: Raw PCM sample types ``--raw`` accepts (little-endian).
+RAW_TYPES = ("s16", "s32", "f32")
+_DTYPES = {"u8": "u1", "s16": "<i2", "s24": "u1", "s32": "<i4", "f32": "<f4", "f64": "<f8"}
+_WIDTH = {"u8": 1, "s16": 2, "s24": 3, "s32": 4, "f32": 4, "f64": 8}
+_READ = 1 << 16  # bytes per read from a stream: small enough to pass audio on as it arrives
+
+# WAV data sizes that mean "unknown length": 0 and 0xFFFFFFFF (ffmpeg, RF64),
+# 0x7FFFFFFF (arecord) and other near-2 GiB placeholders (sox) of streamed headers.
+_STREAMED_WAV_SIZE = 0x7FFF0000
+
+
+class Source:
+    """What the engine needs to know about any source."""
+
+    name: str = "audio"
+    sample_rate: int
+    channels: int
+    live: bool = False  # True: written from a callback that must not wait (the ring drops instead)
+    frames: int | None = None  # total frames, when known in advance
+    overflows: int = 0  # blocks the sound card reported lost before they reached us
+
+    def start(self, ring: RingBuffer) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop producing; safe to call more than once."""
+
+
+class _Reader(Source):
+    """A pull source: a thread copies :meth:`_blocks` into the ring with back-pressure."""
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def start(self, ring: RingBuffer) -> None:
+        threading.Thread(target=self._run, args=(ring,), name=f"streamtag-read {self.name}", daemon=True).start()
+
+    def _run(self, ring: RingBuffer) -> None:
+        try:
+            for block in self._blocks():
+                if not ring.write(block):
+                    return  # the engine stopped
+        except BaseException as exc:  # handed to the engine, which raises it after the audio read so far
+            ring.close(exc)
+            return
+        ring.close()
+
+
+class FileSource(_Reader):
+    """An audio file, anything libsndfile reads, decoded block by block."""
+
+    def __init__(self, path, block: int = 8192):
+        self.path = Path(path)
+        self.name = str(path)
+        self._file = open_audio(self.path)  # a bad file fails here, before anything starts
+        self.sample_rate = self._file.samplerate
+        self.channels = self._file.channels
+        self.frames = self._file.frames
+        self._block = block
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        read = 0
+        with self._file as f:
+            while True:
+                try:
+                    data = f.read(self._block, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as exc:
+                    raise TruncatedAudioError(f"{self.name}: audio data is damaged or cut short after "
+                                              f"{read} frames ({exc})") from None
+                if not len(data):
+                    break
+                read += len(data)
+                yield data
+            check_complete(self.path, f, read)
+
+
+class ArraySource(_Reader):
+    """Samples already in memory, ``(frames,)`` or ``(frames, channels)``, fed in blocks."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, name: str = "array", block: int = 8192):
+        samples = np.asarray(samples, dtype=np.float32)
+        self.samples = samples[:, None] if samples.ndim == 1 else samples
+        self.sample_rate, self.channels = int(sample_rate), self.samples.shape[1]
+        self.frames, self.name, self._block = len(self.samples), name, block
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        for i in range(0, len(self.samples), self._block):
+            yield self.samples[i:i + self._block]
+
+
+class PacedSource(Source):
+    """Samples in memory delivered like a sound card: in blocks, on a clock,
+    from a thread that must not wait (``write_nowait``). For tests of the live
+    path and for latency benchmarks.
+
+    ``blocks`` is a block size or a sequence of sizes (cycled); ``speed`` is
+    how much faster than real time to deliver (None: as fast as possible).
+    """
+
+    live = True
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, blocks=512, speed: float | None = 1.0,
+                 name: str = "paced"):
+        samples = np.asarray(samples, dtype=np.float32)
+        self.samples = samples[:, None] if samples.ndim == 1 else samples
+        self.sample_rate, self.channels = int(sample_rate), self.samples.shape[1]
+        self.frames, self.name, self.speed = len(self.samples), name, speed
+        self._sizes = [int(blocks)] if np.isscalar(blocks) else [int(b) for b in blocks]
+        if not self._sizes or min(self._sizes) < 1:
+            raise ValueError(f"block sizes must be positive, got {blocks!r}")
+        self._stop = threading.Event()
+
+    def start(self, ring: RingBuffer) -> None:
+        threading.Thread(target=self._run, args=(ring,), name=f"streamtag-paced {self.name}", daemon=True).start()
+
+    def _run(self, ring: RingBuffer) -> None:
+        t0 = time.perf_counter()
+        pos, k = 0, 0
+        while pos < len(self.samples) and not self._stop.is_set():
+            end = min(pos + self._sizes[k % len(self._sizes)], len(self.samples))
+            if self.speed:  # a sound card hands a block over once its last sample is recorded
+                delay = t0 + end / self.sample_rate / self.speed - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(delay)
+            ring.write_nowait(self.samples[pos:end])
+            pos, k = end, k + 1
+        ring.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# -- byte streams: WAV and raw PCM on standard input ---------------------------
+
+
+def _read_some(stream: BinaryIO, n: int) -> bytes:
+    """Whatever the stream has now, up to ``n`` bytes (b"" at the end): a pipe's
+    audio is passed on as it arrives instead of waiting to fill a big read."""
+    read1 = getattr(stream, "read1", None)
+    return read1(n) if read1 is not None else stream.read(n)
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = _read_some(stream, n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def decode_pcm(raw: bytes, sample_type: str, channels: int) -> np.ndarray:
+    """Little-endian PCM bytes (whole frames) as float32 ``(frames, channels)``,
+    scaled as libsndfile scales them, so a pipe and a file give identical samples."""
+    width = _WIDTH[sample_type]
+    x = np.frombuffer(raw, dtype=_DTYPES[sample_type])
+    if sample_type == "u8":
+        x = (x.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
+    elif sample_type == "s16":
+        x = x.astype(np.float32) * np.float32(1 / 32768)
+    elif sample_type == "s24":
+        b = x.reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)).astype(np.float32) * np.float32(2.0 ** -31)
+    elif sample_type == "s32":
+        x = x.astype(np.float32) * np.float32(2.0 ** -31)
+    else:
+        x = x.astype(np.float32)
+    return x.reshape(len(raw) // (width * channels), channels)
+
+
+class _ByteStreamSource(_Reader):
+    """PCM frames from a byte stream; the header, if any, is already parsed."""
+
+    def __init__(self, stream: BinaryIO, name: str, sample_rate: int, channels: int, sample_type: str,
+                 limit: int | None = None):
+        self._stream, self.name = stream, name
+        self.sample_rate, self.channels, self.sample_type = sample_rate, channels, sample_type
+        self._frame_bytes = _WIDTH[sample_type] * channels
+        self._limit = limit  # bytes of samples the header promised, None if unknown
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        pending = b""
+        total = 0
+        while self._limit is None or total < self._limit:
+            want = _READ if self._limit is None else min(_READ, self._limit - total)
+            data = _read_some(self._stream, want)
+            if not data:
+                break
+            total += len(data)
+            pending += data
+            whole = len(pending) - len(pending) % self._frame_bytes
+            if whole:
+                yield decode_pcm(pending[:whole], self.sample_type, self.channels)
+                pending = pending[whole:]
+        frames = total // self._frame_bytes
+        if total == 0:
+            raise EmptyAudioError(f"{self.name}: the stream holds no samples")
+        if pending:
+            raise TruncatedAudioError(f"{self.name}: truncated: the stream ended inside a sample frame after "
+                                      f"{frames} whole frames ({len(pending)} bytes left over)")
+        if self._limit is not None and total < self._limit:
+            raise TruncatedAudioError(f"{self.name}: truncated: the header declares {self._limit} bytes of "
+                                      f"samples, the stream ended after {total}")
+
+
+class RawSource(_ByteStreamSource):
+    """Headerless little-endian PCM (``--raw``): the caller says rate, channels and sample type."""
+
+    def __init__(self, stream: BinaryIO, sample_rate, channels, sample_type: str, name: str = "stdin"):
+        if sample_type not in RAW_TYPES:
+            raise UnsupportedAudioError(f"unsupported raw sample type {sample_type!r}; use one of "
+                                        f"{', '.join(RAW_TYPES)}")
+        if not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 768000:
+            raise StreamtagError(f"raw sample rate must be an integer from 1000 to 768000 Hz, got {sample_rate!r}")
+        if not isinstance(channels, int) or not 1 <= channels <= 64:
+            raise StreamtagError(f"raw channel count must be an integer from 1 to 64, got {channels!r}")
+        super().__init__(stream, name, sample_rate, channels, sample_type)
+
+
+class WavStreamSource(_ByteStreamSource):
+    """A WAV stream read front to back, never seeking: a file on a pipe, or the
+    header-first streams ``arecord`` and ``sox -t wav -`` write, whose data size
+    is a placeholder. The header is parsed here, so a bad one fails at once."""
+
+    def __init__(self, stream: BinaryIO, name: str = "stdin"):
+        fmt, limit = self._parse_header(stream, name)
+        tag, channels, rate, bits = fmt
+        super().__init__(stream, name, rate, channels, self._sample_type(name, tag, bits), limit)
+
+    @staticmethod
+    def _parse_header(stream: BinaryIO, name: str) -> tuple[tuple[int, int, int, int], int | None]:
+        read = 0
+
+        def take(n: int, what: str) -> bytes:
+            nonlocal read
+            data = _read_exact(stream, n)
+            read += len(data)
+            if len(data) < n:
+                if read == 0:
+                    raise EmptyAudioError(f"{name}: the stream is empty")
+                raise TruncatedAudioError(f"{name}: truncated: the stream ended inside the WAV header "
+                                          f"({what}) after {read} bytes")
+            return data
+
+        head = take(12, "RIFF header")
+        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            raise NotAudioError(f"{name}: not a WAV stream (it starts with {head[:4]!r}); "
+                                "for headerless PCM use --raw with --rate, --channels and --sample-type")
+        fmt = None
+        while True:
+            chunk_id, size = struct.unpack("<4sI", take(8, "chunk header"))
+            if chunk_id == b"data":
+                if fmt is None:
+                    raise NotAudioError(f"{name}: WAV stream has its data before its 'fmt ' chunk")
+                return fmt, None if size == 0 or size >= _STREAMED_WAV_SIZE else size
+            body = take(size + (size & 1), f"{chunk_id.decode('latin-1')!r} chunk")
+            if chunk_id == b"fmt ":
+                if size < 16:
+                    raise NotAudioError(f"{name}: WAV 'fmt ' chunk is only {size} bytes")
+                tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+                if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag opens the subformat GUID
+                    tag = struct.unpack("<H", body[24:26])[0]
+                if channels < 1 or rate < 1:
+                    raise NotAudioError(f"{name}: WAV header gives {channels} channels at {rate} Hz")
+                fmt = (tag, channels, rate, bits)
+
+    @staticmethod
+    def _sample_type(name: str, tag: int, bits: int) -> str:
+        types = {(1, 8): "u8", (1, 16): "s16", (1, 24): "s24", (1, 32): "s32", (3, 32): "f32", (3, 64): "f64"}
+        if (tag, bits) not in types:
+            kind = {1: "integer PCM", 3: "float", 2: "ADPCM", 6: "A-law", 7: "mu-law"}.get(tag, f"format tag {tag:#x}")
+            raise UnsupportedAudioError(f"{name}: unsupported WAV sample type: {bits}-bit {kind}; "
+                                        "streamtag reads 8/16/24/32-bit integer and 32/64-bit float PCM")
+        return types[(tag, bits)]
+
+
+# -- microphones ---------------------------------------------------------------
+
+
+def _sounddevice():
+    try:
+        import sounddevice
+    except OSError as exc:  # PortAudio itself is missing
+        raise DeviceError(f"cannot use sound devices: {exc} (install PortAudio, e.g. apt-get install "
+                          "libportaudio2)") from None
+    return sounddevice
+
+
+def list_devices() -> list[dict]:
+    """Input devices as dicts: index, name, hostapi, channels, sample_rate, default."""
+    sd = _sounddevice()
+    default = sd.default.device[0]
+    if default is None or default < 0:
+        try:
+            default = sd.query_devices(kind="input")["index"]
+        except sd.PortAudioError:
+            default = -1
+    apis = sd.query_hostapis()
+    return [{"index": d["index"], "name": d["name"], "hostapi": apis[d["hostapi"]]["name"],
+             "channels": d["max_input_channels"], "sample_rate": int(d["default_samplerate"]),
+             "default": d["index"] == default}
+            for d in sd.query_devices() if d["max_input_channels"] > 0]
+
+
+def find_device(device: int | str | None) -> dict:
+    """One input device from :func:`list_devices`: by index, by (part of) its
+    name, or the default input when ``device`` is None or empty."""
+    devices = list_devices()
+    if not devices:
+        raise DeviceError("no audio input devices found")
+    if device is None or device == "":
+        match = [d for d in devices if d["default"]] or devices[:1]
+    elif isinstance(device, int) or str(device).isdigit():
+        match = [d for d in devices if d["index"] == int(device)]
+        if not match:
+            raise DeviceError(f"no input device with index {device}; `streamtag devices` lists them")
+    else:
+        wanted = str(device).lower()
+        match = [d for d in devices if d["name"].lower() == wanted] or \
+                [d for d in devices if wanted in d["name"].lower()]
+        if not match:
+            raise DeviceError(f"no input device matches {device!r}; `streamtag devices` lists them")
+        if len(match) > 1:
+            names = ", ".join(f"{d['index']}: {d['name']}" for d in match)
+            raise DeviceError(f"{device!r} matches several input devices ({names}); give the index")
+    return match[0]
+
+
+class MicrophoneSource(Source):
+    """A sound card input through PortAudio (sounddevice). The callback only
+    copies into the ring: no waiting, no buffers allocated."""
+
+    live = True
+
+    def __init__(self, device: int | str | None = None, blocksize: int = 0):
+        info = find_device(device)
+        self.device = info["index"]
+        self.name = f"mic:{info['name']}"
+        self.sample_rate = info["sample_rate"]
+        self.channels = min(2, info["channels"])
+        self.overflows = 0
+        self._blocksize = blocksize
+        self._stream = None
+        self._ring: RingBuffer | None = None
+
+    def start(self, ring: RingBuffer) -> None:
+        sd = _sounddevice()
+        self._ring = ring
+        try:
+            self._stream = sd.InputStream(device=self.device, channels=self.channels, samplerate=self.sample_rate,
+                                          dtype="float32", blocksize=self._blocksize, latency="low",
+                                          callback=self._callback)
+            self._stream.start()
+        except sd.PortAudioError as exc:
+            raise DeviceError(f"cannot open {self.name} at {self.sample_rate} Hz: {exc}") from None
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        self._ring.write_nowait(indata)
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+        if self._ring is not None:
+            self._ring.close()

@@ -1,0 +1,245 @@
+"""``streamtag tag`` and ``streamtag devices``: the command-line side of the engine.
+
+Picks the sources (files, ``-`` for standard input as WAV or ``--raw`` PCM, or
+``--mic``), one engine for the model, and one sink for the output format, then
+runs each input through the engine in turn. It also owns what only a command
+line has: Ctrl-C (the first stops the engine, which closes open events and
+lets a summary print; a second one aborts), a downstream pipe that closes
+(``| head``: stop quietly), progress on a terminal, and one-line errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from streamtag.engine import Engine, Summary
+from streamtag.errors import StreamtagError
+from streamtag.sinks import AudacitySink, CsvSink, JsonLinesSink, Sink, TextSink
+from streamtag.sources import RAW_TYPES, FileSource, MicrophoneSource, RawSource, Source, WavStreamSource, list_devices
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "audacity"}
+
+
+def _int_option(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StreamtagError(f"{name} must be an integer, got {value!r}") from None
+
+
+def plan_inputs(args: argparse.Namespace, stdin_is_tty: bool) -> list[tuple[str, Callable[[], Source]]]:
+    """What to tag, in order, as (name, opener) pairs; the openers run one at a
+    time, so a bad file is reported when its turn comes and the rest still run."""
+    if args.mic is not None:
+        if args.inputs or args.raw:
+            raise StreamtagError("--mic takes no input files and no --raw")
+        return [("microphone", lambda: MicrophoneSource(args.mic or None))]
+    names = list(args.inputs)
+    if not names:
+        if stdin_is_tty:
+            raise StreamtagError("no input: give audio files, '-' for standard input, or --mic")
+        names = ["-"]
+    if names.count("-") > 1:
+        raise StreamtagError("standard input ('-') can be read only once")
+    rate, channels = _int_option(args.rate, "--rate"), _int_option(args.channels, "--channels")
+    if args.raw:
+        if "-" not in names:
+            raise StreamtagError("--raw describes standard input; give '-' as the input")
+        if rate is None:
+            raise StreamtagError("--raw needs --rate (the sample rate in Hz)")
+        if args.sample_type not in RAW_TYPES:
+            raise StreamtagError(f"unsupported raw sample type {args.sample_type!r}; use one of {', '.join(RAW_TYPES)}")
+        RawSource(sys.stdin.buffer, rate, channels or 1, args.sample_type)  # checks the parameters now
+    elif rate is not None or channels is not None:
+        raise StreamtagError("--rate and --channels describe --raw input; a WAV stream or file carries its own")
+
+    def opener(name: str) -> Callable[[], Source]:
+        if name != "-":
+            return lambda: FileSource(name)
+        if args.raw:
+            return lambda: RawSource(sys.stdin.buffer, rate, channels or 1, args.sample_type)
+        return lambda: WavStreamSource(sys.stdin.buffer)
+
+    return [("stdin" if n == "-" else n, opener(n)) for n in names]
+
+
+def _format(args: argparse.Namespace) -> str:
+    if args.format:
+        return args.format
+    if args.output:
+        return _SUFFIX_FORMATS.get(Path(args.output).suffix.lower(), "jsonl")
+    return "text" if sys.stdout.isatty() else "jsonl"
+
+
+def _check_format(fmt: str, args: argparse.Namespace, n_inputs: int) -> None:
+    if args.frames and fmt != "jsonl":
+        raise StreamtagError("--frames writes JSON Lines; use --format jsonl")
+    if args.frames and args.clip:
+        raise StreamtagError("--frames and --clip exclude each other")
+    if fmt == "audacity" and (args.clip or n_inputs > 1):
+        raise StreamtagError("an Audacity label track holds the events of one input; no --clip, one input")
+
+
+def _make_sink(fmt: str, stream, classes: list[str], args: argparse.Namespace, n_inputs: int) -> Sink:
+    if fmt == "jsonl":
+        return JsonLinesSink(stream, classes, frames=args.frames, top=args.top)
+    if fmt == "csv":
+        return CsvSink(stream, classes, top=args.top)
+    if fmt == "audacity":
+        return AudacitySink(stream, classes)
+    return TextSink(Console(file=stream) if args.output else Console(), classes, top=args.top,
+                    show_source=n_inputs > 1 and not args.clip)
+
+
+class _Interrupts:
+    """SIGINT while an input is tagged: the first stops the engine cleanly,
+    a second raises KeyboardInterrupt."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.hit, self._previous = engine, False, None
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        self.engine.stop()
+
+    @contextlib.contextmanager
+    def armed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _summary_line(summaries: list[Summary], interrupted: bool) -> str:
+    seconds = sum(s.seconds for s in summaries)
+    wall = sum(s.wall_seconds for s in summaries)
+    n = len(summaries)
+    text = (f"{n} input{'s' * (n != 1)}, {seconds:.2f} s of audio, {sum(s.windows for s in summaries)} windows, "
+            f"{sum(s.events for s in summaries)} events in {wall:.2f} s")
+    if wall > 0 and not any(s.source.startswith("mic:") for s in summaries):
+        text += f" ({seconds / wall:.1f}x real time)"
+    dropped = sum(s.dropped_samples for s in summaries)
+    if dropped or any(s.gaps for s in summaries):
+        text += (f"; dropped {dropped} samples ({sum(s.dropped_seconds for s in summaries):.3f} s) in "
+                 f"{sum(s.gaps for s in summaries)} gaps")
+    overflows = sum(s.overflows for s in summaries)
+    if overflows:
+        text += f"; the sound card reported {overflows} overflows"
+    return text + ("; interrupted" if interrupted else "")
+
+
+def _quiet_stdout() -> None:
+    """The reader of standard output has gone (``| head``): point the
+    descriptor at /dev/null so the final flush at exit cannot fail loudly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``tag`` subcommand; returns the exit code."""
+    plan = plan_inputs(args, sys.stdin.isatty())
+    fmt = _format(args)
+    _check_format(fmt, args, len(plan))
+    from streamtag.modelfile import load_model
+
+    model = load_model(args.model)
+    engine = Engine(model, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
+                    hysteresis=args.hysteresis, min_duration=args.min_duration)
+    try:
+        stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    except OSError as exc:
+        raise StreamtagError(f"cannot write {args.output}: {exc.strerror}") from None
+    err = Console(stderr=True)
+    show_progress = err.is_terminal and not args.quiet and all(name != "stdin" for name, _ in plan) \
+        and args.mic is None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"),
+                        TimeRemainingColumn(), console=err, transient=True, disable=not show_progress)
+
+    def say(line: str) -> None:  # one unwrapped line on standard error, above the progress bar if there is one
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    interrupts = _Interrupts(engine)
+    summaries: list[Summary] = []
+    failed = 0
+    try:
+        with progress, contextlib.closing(stream) if args.output else contextlib.nullcontext():
+            sink = _make_sink(fmt, stream, model.classes, args, len(plan))
+            task = progress.add_task("tagging", total=len(plan))
+            for i, (name, open_source) in enumerate(plan):
+                if interrupts.hit:
+                    break
+                progress.update(task, description=name, completed=i)
+                try:
+                    source = open_source()
+                    sink.begin(source.name)
+                    duration = source.frames / source.sample_rate if source.frames else None
+
+                    def on_window(window, i=i, duration=duration):
+                        sink.window(window)
+                        if duration:
+                            progress.update(task, completed=i + min(window.end / duration, 1.0))
+
+                    with interrupts.armed():
+                        summary = engine.run(source, on_window=on_window, on_event=None if args.clip else sink.event,
+                                             max_seconds=args.duration)
+                except StreamtagError as exc:
+                    say(f"streamtag: error: {exc}")
+                    failed += 1
+                    continue
+                summaries.append(summary)
+                if args.clip:
+                    sink.clip(summary.clip_scores, summary.windows)
+                if summary.error is not None:
+                    say(f"streamtag: error: {summary.error}")
+                    failed += 1
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_OK
+    if not args.quiet and summaries:
+        say(f"streamtag: {_summary_line(summaries, interrupts.hit)}")
+    if interrupts.hit:
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def devices(args: argparse.Namespace) -> int:
+    """The ``devices`` subcommand: list the input devices ``--mic`` can use."""
+    found = list_devices()
+    console = Console()
+    if not found:
+        console.print("no audio input devices found", highlight=False)
+        return EXIT_OK
+    if not console.is_terminal:
+        for d in found:
+            print(f"{d['index']}\t{d['name']}\t{d['hostapi']}\t{d['channels']}\t{d['sample_rate']}"
+                  f"{chr(9) + 'default' if d['default'] else ''}")
+        return EXIT_OK
+    table = Table(title="Audio input devices (streamtag tag --mic INDEX|NAME)")
+    for column in ("index", "name", "host API", "channels", "rate (Hz)", ""):
+        table.add_column(column, justify="right" if column in ("index", "channels", "rate (Hz)") else "left")
+    for d in found:
+        table.add_row(str(d["index"]), d["name"], d["hostapi"], str(d["channels"]), str(d["sample_rate"]),
+                      "default" if d["default"] else "")
+    console.print(table)
+    return EXIT_OK
