@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-duration", type=float, default=0.25, metavar="SECONDS",
                    help="drop events shorter than this (default 0.25)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this much of each input")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for the network (default 1: a window at a time gains nothing from more, "
+                        "and on busy cores extra threads stall each other)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
     p.set_defaults(run=_cmd_tag)
 

@@ -26,7 +26,7 @@ from rich.table import Table
 from streamtag.engine import Engine, Summary
 from streamtag.errors import StreamtagError
 from streamtag.sinks import AudacitySink, CsvSink, JsonLinesSink, Sink, TextSink
-from streamtag.sources import RAW_TYPES, FileSource, MicrophoneSource, RawSource, Source, WavStreamSource, list_devices
+from streamtag.sources import FileSource, MicrophoneSource, RawSource, Source, WavStreamSource, list_devices
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "audacity"}
@@ -39,6 +39,16 @@ def _int_option(value: str | None, name: str) -> int | None:
         return int(value)
     except ValueError:
         raise StreamtagError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _stdin_bytes():
+    """Standard input as an unbuffered byte stream. Its reader thread may still be
+    blocked in a read when the command ends; a buffered stream's lock would then
+    abort the interpreter at exit, a raw one has none to hold."""
+    try:
+        return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    except (AttributeError, OSError, ValueError):  # replaced by something without a descriptor
+        return sys.stdin.buffer
 
 
 def plan_inputs(args: argparse.Namespace, stdin_is_tty: bool) -> list[tuple[str, Callable[[], Source]]]:
@@ -61,9 +71,7 @@ def plan_inputs(args: argparse.Namespace, stdin_is_tty: bool) -> list[tuple[str,
             raise StreamtagError("--raw describes standard input; give '-' as the input")
         if rate is None:
             raise StreamtagError("--raw needs --rate (the sample rate in Hz)")
-        if args.sample_type not in RAW_TYPES:
-            raise StreamtagError(f"unsupported raw sample type {args.sample_type!r}; use one of {', '.join(RAW_TYPES)}")
-        RawSource(sys.stdin.buffer, rate, channels or 1, args.sample_type)  # checks the parameters now
+        RawSource(None, rate, 1 if channels is None else channels, args.sample_type)  # check the parameters now
     elif rate is not None or channels is not None:
         raise StreamtagError("--rate and --channels describe --raw input; a WAV stream or file carries its own")
 
@@ -71,8 +79,8 @@ def plan_inputs(args: argparse.Namespace, stdin_is_tty: bool) -> list[tuple[str,
         if name != "-":
             return lambda: FileSource(name)
         if args.raw:
-            return lambda: RawSource(sys.stdin.buffer, rate, channels or 1, args.sample_type)
-        return lambda: WavStreamSource(sys.stdin.buffer)
+            return lambda: RawSource(_stdin_bytes(), rate, 1 if channels is None else channels, args.sample_type)
+        return lambda: WavStreamSource(_stdin_bytes())
 
     return [("stdin" if n == "-" else n, opener(n)) for n in names]
 
@@ -161,8 +169,13 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_inputs(args, sys.stdin.isatty())
     fmt = _format(args)
     _check_format(fmt, args, len(plan))
+    import torch
+
     from streamtag.modelfile import load_model
 
+    if args.threads < 1:
+        raise StreamtagError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     model = load_model(args.model)
     engine = Engine(model, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
                     hysteresis=args.hysteresis, min_duration=args.min_duration)
