@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
@@ -137,8 +138,8 @@ class TextSink(Sink):
         super().__init__(classes, top)
         self.console, self.show_source = console, show_source
 
-    def _prefix(self) -> str:
-        return f"[dim]{escape(self.source)}[/]  " if self.show_source else ""
+    def _prefix(self) -> str:  # the file's name, not its whole path: the line must fit a terminal
+        return f"[dim]{escape(Path(self.source).name)}[/]  " if self.show_source else ""
 
     def event(self, kind: str, event: Event) -> None:
         label = escape(event.label)

@@ -45,8 +45,8 @@ _DTYPES = {"u8": "u1", "s16": "<i2", "s24": "u1", "s32": "<i4", "f32": "<f4", "f
 _WIDTH = {"u8": 1, "s16": 2, "s24": 3, "s32": 4, "f32": 4, "f64": 8}
 _READ = 1 << 16  # bytes per read from a stream: small enough to pass audio on as it arrives
 
-# WAV data sizes that mean "unknown length": 0 and 0xFFFFFFFF (ffmpeg, RF64),
-# 0x7FFFFFFF (arecord) and other near-2 GiB placeholders (sox) of streamed headers.
+# WAV data sizes that mean "unknown length": 0 and 0xFFFFFFFF (ffmpeg, RF64) and the
+# near-2 GiB placeholders of streamed headers: 0x80000000 (arecord), 0x7FFFF000 (sox).
 _STREAMED_WAV_SIZE = 0x7FFF0000
 
 

@@ -114,11 +114,13 @@ def _make_sink(fmt: str, stream, classes: list[str], args: argparse.Namespace, n
 
 
 class _Interrupts:
-    """SIGINT while an input is tagged: the first stops the engine cleanly,
-    a second raises KeyboardInterrupt."""
+    """Ctrl-C (SIGINT) or SIGTERM while an input is tagged: the first stops the
+    engine cleanly, a second raises KeyboardInterrupt."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, engine: Engine):
-        self.engine, self.hit, self._previous = engine, False, None
+        self.engine, self.hit = engine, False
 
     def _handle(self, signum, frame) -> None:
         if self.hit:
@@ -131,11 +133,12 @@ class _Interrupts:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _summary_line(summaries: list[Summary], interrupted: bool) -> str:
@@ -202,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             for i, (name, open_source) in enumerate(plan):
                 if interrupts.hit:
                     break
-                progress.update(task, description=name, completed=i)
+                progress.update(task, description=Path(name).name, completed=i)
                 try:
                     source = open_source()
                     sink.begin(source.name)

@@ -81,7 +81,7 @@ def test_extensible_wav_and_extra_chunks_before_the_data():
     np.testing.assert_array_equal(collect(source), expected)
 
 
-@pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])
+@pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF, 0x80000000, 0x7FFFFFFF, 0x7FFFF000])
 def test_streamed_headers_of_unknown_length_read_to_the_end(placeholder):
     """arecord, sox and ffmpeg write a placeholder data size when they cannot seek back."""
     data = signal(channels=1)
