@@ -192,8 +192,8 @@ class Engine:
         stopped = False
         t0 = time.perf_counter()
         self._stopping, self._running = False, True
-        source.start(ring)
         try:
+            source.start(ring)  # a device that cannot open raises here, after the finally below
             while True:
                 if self._stopping and not stopped:  # take what already arrived, then end
                     source.stop()

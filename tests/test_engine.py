@@ -305,3 +305,19 @@ def test_snapshot_while_running_live():
     assert len(frames) == 85
     np.testing.assert_array_equal(final.frames[16:], frames)
     assert np.all(final.frames[:16] == SPEC.floor_db)
+
+
+def test_a_source_that_cannot_start_raises_and_leaves_the_engine_reusable():
+    from streamtag.errors import DeviceError
+
+    class Unplugged(Source):
+        name, sample_rate, channels, live = "unplugged", 48000, 1, True
+
+        def start(self, ring):
+            raise DeviceError("cannot open unplugged")
+
+    engine = Engine(ProjectionModel())
+    with pytest.raises(DeviceError):
+        engine.run(Unplugged())
+    assert not engine.snapshot().running
+    assert engine.run(ArraySource(scene(SR, 1.0), SR)).windows == 1
