@@ -26,8 +26,6 @@ from rich.markup import escape
 from streamtag.engine import WindowScores
 from streamtag.events import Event
 
-FORMATS = ("jsonl", "csv", "audacity", "text")
-
 
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
