@@ -56,6 +56,28 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return devices(args)
 
 
+def _source_root():
+    """The folder holding the ``streamtag`` package: a clone of the repository when installed from one."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    root = _source_root()
+    if not ((root / "benchmarks" / "__main__.py").is_file() and (root / "pyproject.toml").is_file()):
+        raise _usage_error("the benchmarks are not installed with streamtag; run `streamtag bench` from a clone of "
+                           "the streamtag repository (pip install -e .), or `python -m benchmarks` in one")
+    # A separate process: the streamtag package never imports benchmarks/.
+    cmd = [sys.executable, "-m", "benchmarks", *(["--quick"] if args.quick else [])]
+    cmd += [f"--only={args.only}"] if args.only else []
+    cmd += [f"--out={Path(args.out).resolve()}"] if args.out else []  # the child runs in the repository
+    return subprocess.run(cmd, cwd=root).returncode
+
+
 def _usage_error(message: str):
     from streamtag.errors import StreamtagError
 
@@ -120,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "and on busy cores extra threads stall each other)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
     p.set_defaults(run=_cmd_tag)
+
+    p = sub.add_parser("bench", help="run the benchmarks (latency, throughput, memory) from a source checkout",
+                       description="Run `python -m benchmarks` in the streamtag repository this command comes from: "
+                                   "frontend, model, GPU, live end-to-end latency, files and soak benchmarks, "
+                                   "written as JSON, a Markdown table and PNG plots.")
+    p.add_argument("--quick", action="store_true", help="tiny inputs: proves every part works; figures mean nothing")
+    p.add_argument("--only", metavar="PARTS", help="comma-separated parts: frontend, model, gpu, live, files, soak")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: benchmarks/results, or runs/bench-quick "
+                                                "with --quick)")
+    p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("devices", help="list the audio input devices --mic can use",
                        description="List audio input devices: index, name, host API, channels, default rate.")

@@ -1,0 +1,147 @@
+"""Soak: the live path's memory over an hour of audio must stay flat.
+
+A fresh process (so nothing else the benchmarks loaded counts) runs the live
+path of ``streamtag tag --mic``, engine with its default settings and the
+model's default hop, fed by a :class:`~benchmarks.workload.LoopedSource` at
+``SPEED`` times real time, with one torch thread as live use runs. Every
+``EVERY`` seconds of audio it samples its own resident memory. Peak memory
+is the process's maximum resident set size (``wait4``), start-up included.
+
+Memory is flat when, after the first ``WARMUP`` of the audio (allocations that
+happen once), the median of the last quarter of samples exceeds that of the
+first quarter by at most ``FLAT_MB``: a leak of even a few bytes per window
+(about 8000 windows an hour at the default hop, 155,000 at a 1-frame hop)
+shows in an hour, allocator noise of a few MB does not.
+
+Run: ``python -m benchmarks.soak [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.files import run_process
+from benchmarks.workload import SPEC, LoopedSource, model_file, scene
+
+SPEED = 60.0  # an hour of audio in a minute
+EVERY = 30.0  # seconds of audio between memory samples
+WARMUP = 0.1
+FLAT_MB = 20.0
+THREADS = 1
+
+
+def _child(model_path: str, seconds: float, speed: float, every: float) -> dict:
+    """The soak itself, in the child process: figures as a dict."""
+    import psutil
+    import torch
+
+    from streamtag.engine import Engine
+    from streamtag.modelfile import load_model
+
+    torch.set_num_threads(THREADS)
+    engine = Engine(load_model(model_path, device="cpu"))
+    process = psutil.Process()
+    samples: list[tuple[float, float]] = []
+
+    def on_window(window) -> None:
+        if not samples or window.end >= samples[-1][0] + every:
+            samples.append((window.end, process.memory_info().rss / 2 ** 20))
+
+    summary = engine.run(LoopedSource(scene(), SPEC.sample_rate, seconds, speed=speed), on_window=on_window)
+    samples.append((summary.seconds, process.memory_info().rss / 2 ** 20))
+    return {"samples": samples, "uss_mb": process.memory_full_info().uss / 2 ** 20,
+            "windows": summary.windows, "hop": engine.hop_frames,
+            "dropped_samples": summary.dropped_samples, "wall_seconds": summary.wall_seconds}
+
+
+def growth(samples) -> float:
+    """MB the resident memory grew between the first and last quarter of the samples after ``WARMUP``."""
+    t, rss = np.asarray(samples, dtype=np.float64).T
+    rss = rss[t >= WARMUP * t[-1]]
+    quarter = max(1, len(rss) // 4)
+    return float(np.median(rss[-quarter:]) - np.median(rss[:quarter]))
+
+
+def run(quick: bool = False, progress=None) -> dict:
+    """Soak in a child process; ``progress(description, done, total)`` only says when it starts."""
+    seconds, speed, every = (20.0, 20.0, 1.0) if quick else (3600.0, SPEED, EVERY)
+    if progress is not None:
+        progress(f"{seconds / 60:g} min of audio at {speed:g}x real time", 0, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = model_file(folder, 1500)
+        done = run_process([sys.executable, "-m", "benchmarks.soak", "--child", str(model), str(seconds), str(speed),
+                            str(every)], folder)
+    result = json.loads(done["stdout"])
+    rss = [mb for _, mb in result["samples"]]
+    result.update(audio_seconds=seconds, speed=speed, threads=THREADS, process_wall_s=done["wall_s"],
+                  peak_mb=done["peak_mb"], start_mb=rss[0], end_mb=rss[-1], growth_mb=growth(result["samples"]))
+    result["flat"] = result["growth_mb"] <= FLAT_MB
+    return result
+
+
+def table(result: dict):
+    from rich.table import Table
+
+    t = Table(title=f"Soak: live path memory over {result['audio_seconds'] / 60:g} min of audio at "
+                    f"{result['speed']:g}x real time (hop {result['hop']}, {result['threads']} torch thread)")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("windows scored", f"{result['windows']}")
+    t.add_row("dropped samples", f"{result['dropped_samples']}")
+    t.add_row("resident memory at the first window (MB)", f"{result['start_mb']:.0f}")
+    t.add_row("resident memory at the end (MB)", f"{result['end_mb']:.0f}")
+    t.add_row("  of which private to the process (USS, MB; the rest is shared libraries)", f"{result['uss_mb']:.0f}")
+    t.add_row("peak resident memory, start-up included (MB)", f"{result['peak_mb']:.0f}")
+    t.add_row(f"growth after the first {WARMUP:.0%}, last vs first quarter (MB)", f"{result['growth_mb']:+.1f}")
+    t.add_row(f"flat (growth at most {FLAT_MB:g} MB)", "yes" if result["flat"] else "NO")
+    return t
+
+
+def plot(result: dict, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, rss = np.asarray(result["samples"]).T
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(t / 60, rss, ".-", ms=3)
+    ax.axhline(result["peak_mb"], color="grey", ls="--", lw=1,
+               label=f"peak, start-up included: {result['peak_mb']:.0f} MB")
+    ax.set_xlabel("audio played (minutes)")
+    ax.set_ylabel("resident memory (MB)")
+    ax.set_ylim(0, result["peak_mb"] * 1.15)
+    ax.set_title(f"Soak: live path at {result['speed']:g}x real time, growth {result['growth_mb']:+.1f} MB")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(folder) / "soak_memory.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
+    parser.add_argument("--child", nargs=4, metavar=("MODEL", "SECONDS", "SPEED", "EVERY"),
+                        help="(internal) run the soak in this process and print its figures as JSON")
+    args = parser.parse_args(argv)
+    if args.child:
+        model, seconds, speed, every = args.child
+        print(json.dumps(_child(model, float(seconds), float(speed), float(every))))
+        return
+    from rich.console import Console
+
+    Console().print(table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()
