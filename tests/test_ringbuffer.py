@@ -155,6 +155,14 @@ def test_read_times_out_when_nothing_arrives():
     assert not ring.finished
 
 
+def test_write_nowait_wakes_a_waiting_reader_without_its_poll():
+    ring = RingBuffer(100, poll=5.0)  # a reader that only polled would sleep 5 s
+    threading.Timer(0.05, ring.write_nowait, args=(positions(0, 10),)).start()
+    t0 = time.perf_counter()
+    assert ring.read(np.empty((10, 1), dtype=np.float32), timeout=10) == (10, 0)
+    assert time.perf_counter() - t0 < 2.0
+
+
 def test_arrival_time_is_the_write_that_brought_the_frame():
     ring = RingBuffer(100)
     ring.write_nowait(positions(0, 10))
