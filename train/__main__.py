@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train on all present folds and save model.pt in the run folder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", help="cuda or cpu (default cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars (for logs)")
     p.set_defaults(run=_cmd_cv)
 
     p = sub.add_parser("features", help="compute and cache a dataset's features, then print its summary")
@@ -134,8 +134,11 @@ def _cmd_cv(args) -> int:
         task = progress.add_task("cv", total=len(args.seeds) * len(folds) * recipe.epochs)
 
         def on_epoch(seed, fold, row):
-            progress.update(task, advance=1, description=f"seed {seed} fold {fold} epoch {row['epoch']} "
-                            f"loss {row['loss']:.3f} test {100 * row['test_acc']:.1f}%")
+            text = (f"seed {seed} fold {fold} epoch {row['epoch']} loss {row['loss']:.3f} "
+                    f"test {100 * row['test_acc']:.1f}%" + (f" val {100 * row['val_acc']:.1f}%" if "val_acc" in row else ""))
+            progress.update(task, advance=1, description=text)
+            if args.quiet:  # a log file gets one line per epoch instead of a bar
+                console.print(text, highlight=False)
 
         def on_fold(r):
             progress.update(task, advance=recipe.epochs - r["epochs"])  # epochs early stopping skipped
