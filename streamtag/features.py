@@ -55,7 +55,8 @@ class FeatureSpec:
                 raise SpecError(f"invalid FeatureSpec: {what}")
 
         need(isinstance(self.sample_rate, int) and self.sample_rate > 0, f"sample_rate must be a positive int, got {self.sample_rate!r}")
-        need(isinstance(self.n_fft, int) and self.n_fft >= 16, f"n_fft must be an int >= 16, got {self.n_fft!r}")
+        need(isinstance(self.n_fft, int) and 16 <= self.n_fft <= 8192 and self.n_fft & (self.n_fft - 1) == 0,
+             f"n_fft must be a power of two from 16 to 8192 (the frontend's FFT), got {self.n_fft!r}")
         need(isinstance(self.hop_length, int) and 0 < self.hop_length <= self.n_fft, f"hop_length must be an int in 1..n_fft, got {self.hop_length!r}")
         need(self.window == "hann_periodic", f"window must be 'hann_periodic', got {self.window!r}")
         need(isinstance(self.n_mels, int) and 1 <= self.n_mels <= self.n_fft // 2 + 1, f"n_mels must be an int in 1..n_fft/2+1, got {self.n_mels!r}")

@@ -2,8 +2,8 @@
 
 :class:`Frontend` takes audio in blocks of any size and emits each frame the
 moment its last sample arrives. All per-frame work (window, FFT, mel, dB, delta)
-runs inside one ``@njit`` kernel per :meth:`Frontend.push`, with the FFT from
-rocket-fft, so there is no per-frame Python. A recording's features are, by
+runs inside one ``@njit`` kernel per :meth:`Frontend.push`, with the power
+spectrum from :mod:`streamtag.spectrum`, so there is no per-frame Python. A recording's features are, by
 definition, what this frontend emits when fed that recording in one block:
 :func:`compute_features` does exactly that, so training and live inference see
 identical numbers by construction.
@@ -13,35 +13,66 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import rocket_fft  # noqa: F401  (registers np.fft inside @njit)
 
 from streamtag.errors import AudioError
 from streamtag.features import DELTA_TAPS, FeatureSpec, hann_periodic, mel_filterbank
+from streamtag.spectrum import SpectrumPlan, make_plan, power_spectrum
 
 _HISTORY = 2 * DELTA_TAPS + 1  # log-mel frames the causal delta filter reads
-_FILL, _EMITTED, _SLOT = 0, 1, 2  # fields of the kernel's state vector
+
+# The kernel takes its state and tables packed into one int64 and one float64
+# array: numba's dispatcher checks the type of every argument on every call, and
+# with a dozen arrays and the FFT plan's tuple that check alone cost more than
+# computing a frame. Layout (see Frontend.__init__):
+#   ints:   [fill, emitted, slot, hop, n_fft, n_mels, nnz, passes] fb_ptr fb_bin gather
+#   floats: buf hist window fb_w amin twiddles post_twiddles work
+_FILL, _EMITTED, _SLOT, _HOP, _NFFT, _NMELS, _NNZ, _PASSES = range(8)
+_HEADER = 8
 
 
 @numba.njit(cache=True, nogil=True)
-def _push_kernel(x, hop, buf, state, window, fb_ptr, fb_bin, fb_w, amin, hist, ring, out):
+def _push_kernel(x, ints, floats, ring, out):
     """Consume the samples ``x``; write every frame they complete to ``out``, the
-    delta history ``hist`` and the window ring ``ring``.
+    delta history and the window ring ``ring``; return how many.
 
-    ``buf`` holds the ``state[_FILL]`` samples of the frame being assembled. The
-    ring stores each frame twice, at slot ``s`` and ``s + capacity``, so that the
+    ``buf`` holds the ``fill`` samples of the frame being assembled. The ring
+    stores each frame twice, at slot ``s`` and ``s + capacity``, so that the
     newest frames always form one contiguous slice.
     """
-    n_fft = buf.shape[0]
-    n_mels = fb_ptr.shape[0] - 1
+    hop, n_fft, n_mels, nnz, passes = ints[_HOP], ints[_NFFT], ints[_NMELS], ints[_NNZ], ints[_PASSES]
+    half = n_fft // 2
+    at = _HEADER
+    fb_ptr = ints[at:at + n_mels + 1]
+    at += n_mels + 1
+    fb_bin = ints[at:at + nnz]
+    at += nnz
+    gather = ints[at:at + half]
+    buf = floats[:n_fft]
+    at = n_fft
+    hist = floats[at:at + _HISTORY * n_mels].reshape((_HISTORY, n_mels))
+    at += _HISTORY * n_mels
+    window = floats[at:at + n_fft]
+    at += n_fft
+    fb_w = floats[at:at + nnz]
+    at += nnz
+    amin = floats[at]
+    at += 1
+    twiddles = floats[at:at + passes * 6 * (half // 4)].reshape((passes, 6, half // 4))
+    at += passes * 6 * (half // 4)
+    post_twiddles = floats[at:at + n_fft].reshape((2, half))
+    at += n_fft
+    work = floats[at:at + 5 * half].reshape((5, half))
+    plan = SpectrumPlan(twiddles, post_twiddles, gather, work)
+
     capacity = ring.shape[2] // 2
     frame = np.empty(n_fft)
-    power = np.empty(n_fft // 2 + 1)
+    power = np.empty(half + 1)
     logmel = np.empty(n_mels)
     ahead = np.empty(DELTA_TAPS, np.int64)
     behind = np.empty(DELTA_TAPS, np.int64)
-    fill = state[_FILL]
-    emitted = state[_EMITTED]
-    slot = state[_SLOT]
+    fill = ints[_FILL]
+    emitted = ints[_EMITTED]
+    slot = ints[_SLOT]
     produced = 0
     i = 0
     n = x.shape[0]
@@ -55,9 +86,7 @@ def _push_kernel(x, hop, buf, state, window, fb_ptr, fb_bin, fb_w, amin, hist, r
             break
         for k in range(n_fft):
             frame[k] = buf[k] * window[k]
-        spectrum = np.fft.rfft(frame)
-        for k in range(power.shape[0]):
-            power[k] = spectrum[k].real * spectrum[k].real + spectrum[k].imag * spectrum[k].imag
+        power_spectrum(frame, power, plan)
         for m in range(n_mels):
             acc = 0.0
             for j in range(fb_ptr[m], fb_ptr[m + 1]):
@@ -89,9 +118,9 @@ def _push_kernel(x, hop, buf, state, window, fb_ptr, fb_bin, fb_w, amin, hist, r
         for k in range(n_fft - hop):
             buf[k] = buf[k + hop]
         fill = n_fft - hop
-    state[_FILL] = fill
-    state[_EMITTED] = emitted
-    state[_SLOT] = slot
+    ints[_FILL] = fill
+    ints[_EMITTED] = emitted
+    ints[_SLOT] = slot
     return produced
 
 
@@ -111,51 +140,51 @@ class Frontend:
             raise ValueError(f"history must be a positive int, got {history!r}")
         self.history = history
         s = self.spec
-        self._hop = s.hop_length
-        self._window = hann_periodic(s.n_fft)
         fb = mel_filterbank(s)
         rows, cols = np.nonzero(fb)
-        self._fb_ptr = np.searchsorted(rows, np.arange(s.n_mels + 1)).astype(np.int64)
-        self._fb_bin = cols.astype(np.int64)
-        self._fb_w = fb[rows, cols]
-        self._amin = float(s.amin)
+        plan = make_plan(s.n_fft)
+        header = np.zeros(_HEADER, dtype=np.int64)
+        header[[_HOP, _NFFT, _NMELS, _NNZ, _PASSES]] = s.hop_length, s.n_fft, s.n_mels, rows.size, len(plan.twiddles)
+        fb_ptr = np.searchsorted(rows, np.arange(s.n_mels + 1))
+        self._ints = np.concatenate([header, fb_ptr, cols, plan.gather]).astype(np.int64)
+        self._floats = np.concatenate([
+            np.zeros(s.n_fft), np.zeros(_HISTORY * s.n_mels),  # buf, hist: state
+            hann_periodic(s.n_fft), fb[rows, cols], [s.amin],
+            plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel()])
+        self._buf = self._floats[:s.n_fft]  # a view, for the Python fast path in push()
         self._empty = np.empty((0, 2, s.n_mels), dtype=np.float32)
-        self.reset()
+        self._ring = np.zeros((2, s.n_mels, 2 * self.history), dtype=np.float32)
+        self._fill = 0
 
     def reset(self) -> None:
         """Forget all audio: the next sample starts a new stream."""
-        s = self.spec
-        self._buf = np.zeros(s.n_fft)
-        self._state = np.zeros(3, dtype=np.int64)
-        self._hist = np.zeros((_HISTORY, s.n_mels))
-        self._ring = np.zeros((2, s.n_mels, 2 * self.history), dtype=np.float32)
+        self._ints[[_FILL, _EMITTED, _SLOT]] = 0
+        self._fill = 0
 
     @property
     def frames_emitted(self) -> int:
         """Frames produced since the stream started."""
-        return int(self._state[_EMITTED])
+        return int(self._ints[_EMITTED])
 
     @property
     def samples_pending(self) -> int:
         """Samples received but not yet part of an emitted frame's hop."""
-        return int(self._state[_FILL])
+        return self._fill
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         x = np.asarray(samples, dtype=np.float32)
         if x.ndim != 1:
             raise AudioError(f"Frontend.push takes mono samples as a 1-D array, got shape {x.shape}")
-        fill = int(self._state[_FILL])
+        fill = self._fill
         avail = fill + x.shape[0]
-        n_fft = self._buf.shape[0]
-        if avail < n_fft:
-            if x.shape[0]:
-                self._buf[fill:avail] = x
-                self._state[_FILL] = avail
+        n_fft = self.spec.n_fft
+        if avail < n_fft:  # no frame completes: a copy, no kernel call
+            self._buf[fill:avail] = x
+            self._fill = self._ints[_FILL] = avail
             return self._empty
-        n_new = (avail - n_fft) // self._hop + 1
-        out = np.empty((n_new, 2, self.spec.n_mels), dtype=np.float32)
-        _push_kernel(x, self._hop, self._buf, self._state, self._window, self._fb_ptr,
-                     self._fb_bin, self._fb_w, self._amin, self._hist, self._ring, out)
+        out = np.empty(((avail - n_fft) // self.spec.hop_length + 1, 2, self.spec.n_mels), dtype=np.float32)
+        _push_kernel(x, self._ints, self._floats, self._ring, out)
+        self._fill = int(self._ints[_FILL])
         return out
 
     def window(self, n_frames: int) -> np.ndarray:
@@ -168,7 +197,7 @@ class Frontend:
             raise ValueError(f"window length must be 1..{self.history} (the ring's history), got {n_frames}")
         if n_frames > self.frames_emitted:
             raise ValueError(f"only {self.frames_emitted} frames emitted, cannot read a window of {n_frames}")
-        end = int(self._state[_SLOT]) + self.history
+        end = int(self._ints[_SLOT]) + self.history
         return self._ring[:, :, end - n_frames:end].copy()
 
 
