@@ -59,7 +59,8 @@ def test_command_line_writes_reports_and_a_loadable_model(tmp_path):
     data = make_esc50(tmp_path / "esc")
     out = tmp_path / "run"
     p = _run("cv", str(data), "--dataset", "esc10", "--epochs", "2", "--dense", "16", "--batch-size", "16",
-             "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out), "--export", "--quiet",
+             "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out), "--export", "fold", "--quiet",
+             "--eval-every", "2",
              "--augment", "shift,gain")
     assert p.returncode == 0, p.stderr
     for name in ("results.md", "folds.csv", "summary.json", "confusion.png", "curves.png", "command.txt", "model.pt"):
@@ -70,6 +71,7 @@ def test_command_line_writes_reports_and_a_loadable_model(tmp_path):
     assert (out / "command.txt").read_text().startswith("python -m train cv ")
     model = load_model(out / "model.pt", device="cpu")
     assert model.classes == ["dog", "sea_waves", "chainsaw"] and model.window_frames == 41
+    assert model.provenance["tested_on_fold"] == 1 and model.provenance["trained_on_folds"] == [2, 3]
     probs = model.predict(np.zeros((3, 2, 60, 41), np.float32))
     assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     table = _run("compare", str(out))
@@ -96,3 +98,14 @@ def test_early_stopping_stops_when_validation_stalls(feats):
     r = cross_validate(feats, "short", recipe, Augment(), seeds=[0], folds=[1])[0]
     assert r["epochs"] == 3
     assert len({row["val_acc"] for row in r["history"]}) == 1
+
+
+def test_export_all_retrains_on_every_present_fold(tmp_path):
+    data = make_esc50(tmp_path / "esc")
+    out = tmp_path / "run"
+    p = _run("cv", str(data), "--dataset", "esc10", "--epochs", "1", "--dense", "8", "--folds", "2",
+             "--threads", "1", "--cache", str(tmp_path / "cache"), "--out", str(out), "--export", "all", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert len((out / "folds.csv").read_text().splitlines()) == 2
+    model = load_model(out / "model.pt", device="cpu")
+    assert model.provenance["trained_on_folds"] == [1, 2, 3] and model.provenance["epochs"] == 1

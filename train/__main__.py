@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", default="none",
                    help="comma list of shift, gain[=dB], background[=p], mix[=p], specaugment; or none")
     p.add_argument("--out", help="run folder (default runs/DATASET-WINDOW)")
-    p.add_argument("--export", action="store_true",
-                   help="also train on all present folds and save model.pt in the run folder")
+    p.add_argument("--export", choices=("fold", "all"),
+                   help="save model.pt in the run folder: 'fold' the network of the first test fold (no extra "
+                        "training; its held-out accuracy is known), 'all' a network retrained on every present fold")
+    p.add_argument("--eval-every", type=int, default=1, help="score the test fold for the curves every N epochs")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", help="cuda or cpu (default cuda when available)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars (for logs)")
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, help="write the table here instead of standard output")
     p.set_defaults(run=_cmd_compare)
+
+    from train.multilabel_cli import add_commands  # overlay, multilabel
+
+    add_commands(sub, _common)
     return parser
 
 
@@ -134,19 +140,22 @@ def _cmd_cv(args) -> int:
         task = progress.add_task("cv", total=len(args.seeds) * len(folds) * recipe.epochs)
 
         def on_epoch(seed, fold, row):
-            text = (f"seed {seed} fold {fold} epoch {row['epoch']} loss {row['loss']:.3f} "
-                    f"test {100 * row['test_acc']:.1f}%" + (f" val {100 * row['val_acc']:.1f}%" if "val_acc" in row else ""))
+            text = (f"seed {seed} fold {fold} epoch {row['epoch']} loss {row['loss']:.3f}"
+                    + "".join(f" {k[:-4]} {100 * row[k]:.1f}%" for k in ("test_acc", "val_acc") if k in row))
             progress.update(task, advance=1, description=text)
             if args.quiet:  # a log file gets one line per epoch instead of a bar
                 console.print(text, highlight=False)
 
-        def on_fold(r):
+        def on_fold(r, net):
             progress.update(task, advance=recipe.epochs - r["epochs"])  # epochs early stopping skipped
             console.print(f"seed {r['seed']} fold {r['fold']}: segment {100 * r['segment']:.1f}%, clip prob "
                           f"{100 * r['prob']:.1f}%, majority {100 * r['majority']:.1f}% ({r['seconds']:.0f} s)")
+            if args.export == "fold" and "model" not in exported:
+                exported["model"] = (net.cpu(), r)
 
+        exported: dict = {}
         results = cross_validate(feats, args.window, recipe, augment, args.seeds, device, args.val_fraction,
-                                 folds, on_epoch, on_fold)
+                                 folds, on_epoch, on_fold, args.eval_every)
     command = "python -m train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     info = {"name": out.name, "dataset": feats.dataset.name, "dataset_summary": feats.dataset.summary(),
             "window": args.window, "recipe": recipe_text, "augment": augment.describe(), "command": command,
@@ -160,15 +169,21 @@ def _cmd_cv(args) -> int:
 
         from streamtag.modelfile import save_model
 
-        console.print("training the exported model on every present fold")
-        net, history = fit(feats, np.arange(len(feats.dataset.clips)), args.window, recipe, augment,
-                           args.seeds[0], device, args.val_fraction)
+        provenance = {"dataset": feats.dataset.summary(), "command": command, "recipe": recipe_text,
+                      "augment": augment.describe(), "cv_clip_accuracy_prob": summary["prob"]["mean"]}
+        if args.export == "fold":
+            net, r = exported["model"]
+            train_folds = [f for f in feats.dataset.folds if f != r["fold"]]
+            provenance.update(trained_on_folds=train_folds, tested_on_fold=r["fold"], test_clip_accuracy_prob=r["prob"],
+                              test_clip_accuracy_majority=r["majority"], seed=r["seed"], epochs=r["epochs"])
+        else:
+            console.print("training the exported model on every present fold")
+            net, history = fit(feats, np.arange(len(feats.dataset.clips)), args.window, recipe, augment,
+                               args.seeds[0], device, args.val_fraction)
+            provenance.update(trained_on_folds=feats.dataset.folds, seed=args.seeds[0], epochs=len(history))
         length, stride = WINDOWS[args.window]
         save_model(out / "model.pt", net.cpu(), classes=feats.dataset.classes, spec=feats.spec,
-                   window_frames=length, hop_frames=stride,
-                   provenance={"dataset": feats.dataset.summary(), "command": command, "recipe": recipe_text,
-                               "augment": augment.describe(), "epochs": len(history),
-                               "cv_clip_accuracy_prob": summary["prob"]["mean"]})
+                   window_frames=length, hop_frames=stride, provenance=provenance)
         console.print(f"model -> {out / 'model.pt'}")
     return 0
 

@@ -61,7 +61,7 @@ def make_net(feats: DatasetFeatures, window: str, recipe: Recipe) -> PiczakCNN:
 
 def fit(feats: DatasetFeatures, train_ids: np.ndarray, window: str, recipe: Recipe, augment: Augment,
         seed: int, device: str = "cpu", val_fraction: float = 0.0, watch_ids: dict | None = None,
-        on_epoch=None) -> tuple[PiczakCNN, list[dict]]:
+        on_epoch=None, eval_every: int = 1) -> tuple[PiczakCNN, list[dict]]:
     """Train one network on ``train_ids``; returns it with its per-epoch history."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -78,14 +78,15 @@ def fit(feats: DatasetFeatures, train_ids: np.ndarray, window: str, recipe: Reci
     labels = feats.dataset.labels
     watch = {name: (feats.frames, segments_of(feats.frames, feats.frame_offsets, ids, length, stride), labels)
              for name, ids in watch_ids.items()}
-    history = train(net, source, recipe, rng, device, augment.specaugment, watch, on_epoch)
+    history = train(net, source, recipe, rng, device, augment.specaugment, watch, on_epoch, eval_every)
     return net, history
 
 
 def cross_validate(feats: DatasetFeatures, window: str, recipe: Recipe, augment: Augment, seeds: list[int],
                    device: str = "cpu", val_fraction: float = 0.15, folds: list[int] | None = None,
-                   on_epoch=None, on_fold=None) -> list[dict]:
-    """One result dict per (seed, test fold): accuracies, decisions and history."""
+                   on_epoch=None, on_fold=None, eval_every: int = 1) -> list[dict]:
+    """One result dict per (seed, test fold): accuracies, decisions and history.
+    ``on_fold(result, net)`` sees each fold's trained network."""
     dataset = feats.dataset
     fold_of = np.array([c.fold for c in dataset.clips])
     present = dataset.folds
@@ -101,12 +102,12 @@ def cross_validate(feats: DatasetFeatures, window: str, recipe: Recipe, augment:
             t0 = time.perf_counter()
             net, history = fit(feats, train_ids, window, recipe, augment, seed * 1000 + fold, device,
                                val_fraction, {"test": test_ids},
-                               on_epoch and (lambda row, s=seed, f=fold: on_epoch(s, f, row)))
+                               on_epoch and (lambda row, s=seed, f=fold: on_epoch(s, f, row)), eval_every)
             segments = segments_of(feats.frames, feats.frame_offsets, test_ids, length, stride)
             result = scores(predict(net, feats.frames, segments, device), segments.clip, dataset.labels)
             result.update(seed=seed, fold=fold, epochs=len(history), seconds=time.perf_counter() - t0,
                           history=history, n_train=len(train_ids), n_test=len(test_ids))
             results.append(result)
             if on_fold:
-                on_fold(result)
+                on_fold(result, net)
     return results

@@ -58,12 +58,13 @@ def make_optimizer(net: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimize
 
 def train(net, source, recipe: Recipe, rng: np.random.Generator, device: str = "cpu",
           specaugment: bool = False, watch: dict | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+          on_epoch: Callable[[dict], None] | None = None, eval_every: int = 1) -> list[dict]:
     """Train ``net`` on batches from ``source``; return one dict per epoch.
 
     ``watch`` maps a name to ``(frames, segments, labels)`` evaluated after each
     epoch (clip accuracy by probability voting). The one named ``"val"`` drives
-    early stopping; others (a test fold) are only recorded for the curves.
+    early stopping and is evaluated every epoch; others (a test fold) are only
+    recorded for the curves, every ``eval_every`` epochs and after the last.
     """
     net.to(device).train()
     opt = make_optimizer(net, recipe)
@@ -91,6 +92,8 @@ def train(net, source, recipe: Recipe, rng: np.random.Generator, device: str = "
             count += len(x)
         row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
         for name, (frames, segments, labels) in watch.items():
+            if name != "val" and epoch % eval_every and epoch != recipe.epochs:
+                continue
             row[f"{name}_acc"] = scores(predict(net, frames, segments, device), segments.clip, labels)["prob"]
         history.append(row)
         if on_epoch:

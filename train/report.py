@@ -122,7 +122,9 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
         epochs = [row["epoch"] for row in h]
         label = f"s{r['seed']} f{r['fold']}"
         left.plot(epochs, [row["loss"] for row in h], lw=1, alpha=0.7, label=label)
-        line, = right.plot(epochs, [100 * row["test_acc"] for row in h], lw=1, alpha=0.7, label=label)
+        tested = [row for row in h if "test_acc" in row]
+        line, = right.plot([row["epoch"] for row in tested], [100 * row["test_acc"] for row in tested],
+                           lw=1, alpha=0.7, marker="o" if len(tested) < len(h) else None, ms=3, label=label)
         if "val_acc" in h[0]:
             right.plot(epochs, [100 * row["val_acc"] for row in h], lw=1, ls="--", color=line.get_color())
     left.set(xlabel="epoch", ylabel="training loss", title=f"{title}: training loss")

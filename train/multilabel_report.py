@@ -1,0 +1,163 @@
+"""The pretraining study's report: a markdown table answering its three
+questions, CSV files of every number, a JSON summary and one PNG.
+
+``write_study(prefix, ...)`` writes ``PREFIX.md``, ``PREFIX.csv`` (one row per
+test fold, model and evaluation set), ``PREFIX-classes.csv`` (per class),
+``PREFIX.json`` and ``PREFIX.png``. It is called after every trained model, so
+a long study leaves a readable partial report behind at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from train.report import _pyplot
+
+STUDY_BOTH_CORRECT = 0.14  # the study's share of equal-level mixes with both labels correct
+INITS = ("single-label", "scratch", "pretrained")
+SET_NAMES = {"single": "single clips", "equal": "equal-level mixes", "minus20": "mixes 20 dB apart"}
+SET_COLUMNS = ("all", "one", "exact", "extra")
+
+
+def _pct(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _mean(results: list[dict], init: str, get) -> float | None:
+    values = [get(r) for r in results if r["init"] == init]
+    return float(np.mean(values)) if values else None
+
+
+def _macro_f1(entry: dict) -> float:
+    return float(np.mean(entry["f1"]))
+
+
+def write_study(prefix: str | Path, results: list[dict], classes: list[str], info: dict) -> None:
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    inits = [i for i in INITS if any(r["init"] == i for r in results)]
+    folds = sorted({r["fold"] for r in results})
+    (prefix.with_suffix(".json")).write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
+    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fold", "model", "set", "clips", "all_topk", "one_topk", "exact_tuned", "extra_tuned",
+                    "exact_0.5", "extra_0.5", "map"])
+        for r in results:
+            for name, s in r["sets"].items():
+                h = r["sets_05"][name]
+                w.writerow([r["fold"], r["init"], name, s["n"], f"{s['all']:.4f}", f"{s['one']:.4f}",
+                            f"{s['exact']:.4f}", f"{s['extra']:.4f}", f"{h['exact']:.4f}", f"{h['extra']:.4f}",
+                            f"{r['map']:.4f}"])
+    with open(prefix.parent / f"{prefix.name}-classes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fold", "model", "class", "ap", "threshold", "precision_tuned", "recall_tuned", "f1_tuned",
+                    "precision_0.5", "recall_0.5", "f1_0.5"])
+        for r in results:
+            for c, name in enumerate(classes):
+                t = r.get("thresholds", [0.5] * len(classes))[c]
+                w.writerow([r["fold"], r["init"], name, f"{r['ap'][c]:.4f}", f"{t:.2f}"]
+                           + [f"{r[k][m][c]:.4f}" for k in ("tuned", "at_05") for m in ("precision", "recall", "f1")])
+    _plot(prefix.with_suffix(".png"), results, inits, info["title"])
+    prefix.with_suffix(".md").write_text(_markdown(prefix, results, classes, info, inits, folds))
+
+
+def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
+    lines = [f"# {info['title']}", "", info["dataset_summary"], "", "Reproduce with:", "", "```", info["command"], "```",
+             "", info["setup"], ""]
+    if info.get("note"):
+        lines += [f"**Note.** {info['note']}", ""]
+    lines += [f"## The study's three questions (mean over test fold(s) {', '.join(map(str, folds))})", "",
+              "Ranking scores need no threshold: a single clip is correct when its top output is its class, a mix "
+              "has *both* correct when its top two outputs are its two classes and *one* when at least one of them "
+              "is. *Exact* is the set of classes above the per-class thresholds (tuned on validation clips) being "
+              "exactly the truth; *2nd sound* is how often a single clip gets two or more classes above threshold.",
+              "",
+              "| model | single: accuracy | single: exact | single: 2nd sound | equal: both | equal: one | "
+              "equal: exact | 20 dB: both | 20 dB: one | 20 dB: exact | mAP | macro F1 @0.5 | macro F1 tuned |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    label = {"single-label": "single-label softmax (the pretraining alone)", "scratch": "multilabel, from scratch",
+             "pretrained": "multilabel, pretrained"}
+    for init in inits:
+        def m(name, col):
+            return _mean(results, init, lambda r: r["sets"][name][col])
+        thresholded = init != "single-label"  # a softmax over classes cannot claim two sounds at 0.5
+        cells = [m("single", "all"), m("single", "exact") if thresholded else None,
+                 m("single", "extra") if thresholded else None,
+                 m("equal", "all"), m("equal", "one"), m("equal", "exact") if thresholded else None,
+                 m("minus20", "all"), m("minus20", "one"), m("minus20", "exact") if thresholded else None,
+                 _mean(results, init, lambda r: r["map"]),
+                 _mean(results, init, lambda r: _macro_f1(r["at_05"])) if thresholded else None,
+                 _mean(results, init, lambda r: _macro_f1(r["tuned"])) if thresholded else None]
+        lines.append(f"| {label[init]} | " + " | ".join(_pct(c) for c in cells) + " |")
+    lines.append(f"| the study (reference) | | | | {_pct(STUDY_BOTH_CORRECT)} | | | | | | | | |")
+    if {"scratch", "pretrained"} <= set(inits):
+        def delta(get):
+            a, b = _mean(results, "pretrained", get), _mean(results, "scratch", get)
+            return f"{100 * (a - b):+.1f}"
+        lines += ["", "**Effect of pretraining** (pretrained minus scratch, percentage points): single-clip accuracy "
+                  f"{delta(lambda r: r['sets']['single']['all'])}, single-clip exact "
+                  f"{delta(lambda r: r['sets']['single']['exact'])}, 2nd-sound claims "
+                  f"{delta(lambda r: r['sets']['single']['extra'])}, both correct on equal-level mixes "
+                  f"{delta(lambda r: r['sets']['equal']['all'])}, on mixes 20 dB apart "
+                  f"{delta(lambda r: r['sets']['minus20']['all'])}, mAP {delta(lambda r: r['map'])}."]
+    lines += ["", "## Per test fold", "",
+              "| fold | model | train / val / test clips | epochs (best) | minutes | single acc | equal both | "
+              "equal one | 20 dB both | 20 dB one | mAP | val mAP |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r["sets"]
+        epochs = f"{r['epochs']}" + (f" ({r['best_epoch']})" if "best_epoch" in r else "")
+        minutes = f"{r['seconds'] / 60:.1f}" if "seconds" in r else "–"
+        lines.append(f"| {r['fold']} | {r['init']} | {r['n_train']} / {r['n_val']} / {r['n_test']} | {epochs} | "
+                     f"{minutes} | {_pct(s['single']['all'])} | {_pct(s['equal']['all'])} | {_pct(s['equal']['one'])} | "
+                     f"{_pct(s['minus20']['all'])} | {_pct(s['minus20']['one'])} | {_pct(r['map'])} | "
+                     f"{_pct(r.get('val_map'))} |")
+    ml = [i for i in inits if i != "single-label"]
+    if ml:
+        lines += ["", "## Per class (all test clips and mixes together, mean over folds)", "",
+                  "| class | " + " | ".join(f"{i}: AP | {i}: F1 @0.5 | {i}: F1 tuned" for i in ml) + " |",
+                  "|---|" + "---|---|---|" * len(ml)]
+        for c, name in enumerate(classes):
+            cells = []
+            for i in ml:
+                cells += [_mean(results, i, lambda r: r["ap"][c]), _mean(results, i, lambda r: r["at_05"]["f1"][c]),
+                          _mean(results, i, lambda r: r["tuned"]["f1"][c])]
+            lines.append(f"| {name} | " + " | ".join(_pct(x) for x in cells) + " |")
+    lines += ["", f"Every number: [{prefix.name}.csv]({prefix.name}.csv), "
+              f"[{prefix.name}-classes.csv]({prefix.name}-classes.csv), [{prefix.name}.json]({prefix.name}.json).", "",
+              f"![scores and validation curves]({prefix.name}.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, results, inits, title) -> None:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    bars = [("single acc", "single", "all"), ("single 2nd sound", "single", "extra"), ("equal both", "equal", "all"),
+            ("equal one", "equal", "one"), ("20 dB both", "minus20", "all"), ("20 dB one", "minus20", "one")]
+    width = 0.8 / len(inits)
+    for k, init in enumerate(inits):
+        values = [100 * (_mean(results, init, lambda r, s=s, c=c: r["sets"][s][c]) or 0) for _, s, c in bars]
+        if init == "single-label":
+            values[1] = 0.0  # a softmax cannot claim a second sound
+        left.bar(np.arange(len(bars)) + (k - (len(inits) - 1) / 2) * width, values, width, label=init)
+    left.hlines(100 * STUDY_BOTH_CORRECT, 1.55, 2.45, color="black", ls="--", lw=1)  # over "equal both"
+    left.text(2, 100 * STUDY_BOTH_CORRECT + 2, "study", ha="center", fontsize=8)
+    left.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=20, fontsize=8)
+    left.set(ylabel="% of test clips", ylim=(0, 100), title=f"{title}: test scores (mean over folds)")
+    left.legend(fontsize=8)
+    left.grid(axis="y", alpha=0.3)
+    for r in results:
+        rows = [row for row in r["history"] if row.get("stage") == "overlays"]
+        if rows:
+            right.plot([row["epoch"] for row in rows], [100 * row["val_map"] for row in rows], marker="o", ms=3,
+                       label=f"fold {r['fold']} {r['init']}")
+    right.set(xlabel="overlay-stage epoch", ylabel="validation mAP %", title="validation mAP per epoch")
+    right.grid(alpha=0.3)
+    if right.lines:
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
