@@ -6,6 +6,7 @@ Parts, in order:
 - ``model``: the CNN per window, batch 1 and batched, eager / TorchScript / int8, dense 1500 and 5000;
 - ``gpu``: the CNN on CUDA, with and without CUDA graphs (skipped without a GPU);
 - ``live``: end to end, live: latency from a window's last sample to its scores, dropped samples;
+- ``dashboard``: the cost of drawing a frame of ``streamtag live``, and the live latency with it beside without;
 - ``files``: real-time factor and peak memory of ``streamtag tag`` on an hour of audio, beside a baseline;
 - ``soak``: the live path's memory over an hour of audio played faster than real time.
 
@@ -32,12 +33,12 @@ from pathlib import Path
 from benchmarks.report import REPO, describe, machine, markdown
 from benchmarks.soak import FLAT_MB
 
-PARTS = ("frontend", "model", "gpu", "live", "files", "soak")
+PARTS = ("frontend", "model", "gpu", "live", "dashboard", "files", "soak")
 WITH_PROGRESS = {"live", "files", "soak"}  # parts long enough to report progress
 RESULTS = REPO / "benchmarks" / "results"
 QUICK_RESULTS = REPO / "runs" / "bench-quick"
 TITLES = {"frontend": "Frontend", "model": "Model on the CPU", "gpu": "Model on CUDA", "live": "End to end, live",
-          "files": "Files", "soak": "Soak"}
+          "dashboard": "Live dashboard", "files": "Files", "soak": "Soak"}
 
 # (part, what, key of the value in the part's figures, comparison, goal, how to show a value, what else
 # to say about it, with the part's figures in braces). The goals are for a 2-core CPU.
@@ -48,6 +49,10 @@ TARGETS = (
     ("live", "end-to-end p99, dense 1500, 1-frame hop", "p99_ms", "<=", 5.0, "{:.2f} ms", ""),
     ("live", "dropped samples live, dense 1500, 1-frame hop", "dropped_samples", "<=", 0, "{:d}",
      " in {drop_seconds:.0f} s of audio"),
+    ("dashboard", "one frame of the dashboard at 80 x 24, p99", "render_p99_ms_80x24", "<=", 10.0, "{:.1f} ms", ""),
+    ("dashboard", "live end-to-end p99 with the dashboard / without, 1-frame hop", "p99_ratio", "<=", 1.5,
+     "{:.2f}x", ""),
+    ("dashboard", "dropped samples live with the dashboard", "dropped_samples", "<=", 0, "{:d}", ""),
     ("files", "streamtag tag on a file, default settings (whole process)", "rtf", ">=", 300.0, "{:.0f}x real time",
      ""),
     ("soak", "live peak memory (start-up included)", "peak_mb", "<=", 600.0, "{:.0f} MB", ""),

@@ -56,6 +56,38 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return devices(args)
 
 
+def _cmd_live(args: argparse.Namespace) -> int:
+    from streamtag.live import live
+
+    return live(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streamtag.live import demo
+
+    return demo(args)
+
+
+def _add_live_options(p: argparse.ArgumentParser) -> None:
+    """The options ``live`` and ``demo`` share."""
+    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
+    p.add_argument("--jsonl", metavar="PATH", help="also log events to PATH as JSON Lines while the dashboard shows")
+    p.add_argument("--threshold", action="append", metavar="P|LABEL=P",
+                   help="event threshold for every class (P) or one class (LABEL=P); repeat it, later ones win "
+                        "(default: the model's)")
+    p.add_argument("--hop", type=int, metavar="FRAMES",
+                   help="frames between windows (1 frame = 23 ms; default: the model's)")
+    p.add_argument("--hysteresis", type=float, default=0.1, metavar="P",
+                   help="an event ends when its score falls below threshold - P (default 0.1)")
+    p.add_argument("--smooth", type=float, default=0.3, metavar="SECONDS",
+                   help="moving average of each class's score over this long (default 0.3)")
+    p.add_argument("--min-duration", type=float, default=0.25, metavar="SECONDS",
+                   help="drop events shorter than this (default 0.25)")
+    p.add_argument("--duration", "--seconds", dest="duration", type=float, metavar="SECONDS",
+                   help="stop after this many seconds of audio (default: until the input ends or Ctrl-C)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the network (default 1)")
+
+
 def _source_root():
     """The folder holding the ``streamtag`` package: a clone of the repository when installed from one."""
     from pathlib import Path
@@ -142,6 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "and on busy cores extra threads stall each other)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
     p.set_defaults(run=_cmd_tag)
+
+    p = sub.add_parser("live", help="a live dashboard of sound tags from a microphone, a file or the demo scene",
+                       description="Tag sound live with a terminal dashboard: a bar per class, an event log, the "
+                                   "input level, a log-mel spectrogram and the pipeline's latency. Listens to the "
+                                   "default microphone unless --mic, --input or --scene says otherwise. When "
+                                   "standard output is not a terminal, writes events as JSON Lines instead. "
+                                   "Ctrl-C stops and prints a summary.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--mic", metavar="DEVICE",
+                        help="input device index or name (see `streamtag devices`); default: the default input")
+    source.add_argument("--input", metavar="FILE",
+                        help="replay an audio file in real time through the same live path (no microphone needed)")
+    source.add_argument("--scene", action="store_true",
+                        help="play the synthesised street scene in real time (no microphone needed)")
+    _add_live_options(p)
+    p.set_defaults(run=_cmd_live)
+
+    p = sub.add_parser("demo", help="the live dashboard on the microphone, or on a synthesised street scene",
+                       description="Run `streamtag live` with the bundled model on the default microphone, or, "
+                                   "where there is none, on a street scene synthesised in code (siren, car horn, "
+                                   "jackhammer, idling engine), played in real time.")
+    p.add_argument("--scene", action="store_true", help="play the scene even when a microphone exists")
+    _add_live_options(p)
+    p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("bench", help="run the benchmarks (latency, throughput, memory) from a source checkout",
                        description="Run `python -m benchmarks` in the streamtag repository this command comes from: "

@@ -42,6 +42,8 @@ from streamtag.frontend import Frontend
 from streamtag.ringbuffer import RingBuffer
 from streamtag.sources import Source
 
+CLIP_LEVEL = 0.999  # |sample| at or above this is taken as clipped (16-bit full scale is 0.99997)
+
 OnWindow = Callable[["WindowScores"], None]
 OnEvent = Callable[[str, Event], None]  # ("open" | "close", event)
 
@@ -79,6 +81,8 @@ class Snapshot:
     smoothed: np.ndarray  # newest smoothed probabilities
     active: list[Event]  # events open now
     level_dbfs: float  # RMS level of the newest block
+    peak_dbfs: float  # highest absolute sample of the newest block
+    clipped_samples: int  # input samples at full scale so far (CLIP_LEVEL): the input is clipping
     frames: np.ndarray  # (history, n_mels) newest log-mel frames, oldest first
     latency: dict[str, tuple[float, float]]  # "frontend", "model", "end_to_end"
     dropped_samples: int
@@ -159,6 +163,8 @@ class Engine:
         self.tracker = EventTracker(self.classes, on, np.maximum(on - hysteresis, 0.0), min_duration)
         self.smoother = Smoother(len(self.classes), self.smooth_windows)
         self.frontend = Frontend(self.spec, history=1)
+        self.frontend.push(np.zeros(self.spec.n_fft, dtype=np.float32))  # load the compiled kernel (~0.8 s) now,
+        # not in the first live window, where it would be the end-to-end latency's p99 for minutes; reset below
         self.ring_seconds, self.read_seconds = ring_seconds, read_seconds
         self.latency = {name: LatencyLog() for name in ("frontend", "model", "end_to_end")}
         self._frames = np.full((history_frames, self.spec.n_mels), self.spec.floor_db, dtype=np.float32)
@@ -232,6 +238,7 @@ class Engine:
     def snapshot(self) -> Snapshot:
         """The current state, for a dashboard polling from another thread."""
         ring, source = self._ring, self._source
+        latency = {name: log.percentiles() for name, log in self.latency.items()}  # outside the lock the engine takes
         with self._lock:
             return Snapshot(
                 source=source.name if source else "",
@@ -243,8 +250,10 @@ class Engine:
                 smoothed=self._last_smoothed,
                 active=self.tracker.active,
                 level_dbfs=self._level_dbfs,
+                peak_dbfs=self._peak_dbfs,
+                clipped_samples=self._clipped,
                 frames=np.roll(self._frames, -self._frames_slot, axis=0),
-                latency={name: log.percentiles() for name, log in self.latency.items()},
+                latency=latency,
                 dropped_samples=ring.dropped if ring else 0,
                 overflows=source.overflows if source else 0,
                 buffer_fill=ring.fill if ring else 0.0,
@@ -262,7 +271,8 @@ class Engine:
         self._score_sum = np.zeros(n, dtype=np.float64)
         self._last_scores = np.zeros(n, dtype=np.float32)
         self._last_smoothed = np.zeros(n, dtype=np.float32)
-        self._level_dbfs = -math.inf
+        self._level_dbfs = self._peak_dbfs = -math.inf
+        self._clipped = 0
         with self._lock:
             self._frames[:] = self.spec.floor_db
             self._frames_slot = 0
@@ -301,6 +311,10 @@ class Engine:
         self._read_frames = position + len(mono)
         rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) if len(mono) else 0.0
         self._level_dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
+        magnitude = np.abs(block)  # before the downmix: one clipping channel is enough to distort
+        peak = float(magnitude.max()) if len(block) else 0.0
+        self._peak_dbfs = 20 * math.log10(peak) if peak > 0 else -math.inf
+        self._clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
         self._process(mono)
 
     def _process(self, mono: np.ndarray, last: bool = False) -> None:

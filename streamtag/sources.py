@@ -171,6 +171,43 @@ class PacedSource(Source):
         self._stop.set()
 
 
+class ReplaySource(FileSource):
+    """An audio file played as a sound card would deliver it: decoded block by
+    block on the clock and written without waiting, so the live path (drops,
+    latency, the dashboard) behaves exactly as with a microphone. For demos
+    and for machines without one; ``speed`` > 1 plays faster than real time."""
+
+    live = True
+
+    def __init__(self, path, speed: float = 1.0, block_seconds: float = 0.02):
+        super().__init__(path)
+        if not speed > 0:
+            raise StreamtagError(f"replay speed must be positive, got {speed!r}")
+        self.speed = speed
+        self._block = max(1, round(self.sample_rate * block_seconds))
+        self._stop = threading.Event()
+
+    def _run(self, ring: RingBuffer) -> None:
+        t0 = time.perf_counter()
+        played = 0
+        try:
+            for block in self._blocks():
+                played += len(block)
+                delay = t0 + played / self.sample_rate / self.speed - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(delay)
+                if self._stop.is_set():
+                    return  # the engine stopped and cancelled the ring
+                ring.write_nowait(block)
+        except BaseException as exc:  # handed to the engine after the audio played so far
+            ring.close(exc)
+            return
+        ring.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 # -- byte streams: WAV and raw PCM on standard input ---------------------------
 
 
