@@ -111,6 +111,7 @@ def write_markdown(folder: Path) -> Path:
 
 
 def _run_part(part: str, quick: bool, folder: Path, console) -> dict:
+    import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     module = importlib.import_module(f"benchmarks.{part}")
@@ -123,7 +124,11 @@ def _run_part(part: str, quick: bool, folder: Path, console) -> dict:
         def report(description: str, done: float, total: float) -> None:
             progress.update(task, description=f"{part}: {description}", completed=done, total=total)
 
-        figures = module.run(quick=quick, **({"progress": report} if part in WITH_PROGRESS else {}))
+        threads = torch.get_num_threads()
+        try:
+            figures = module.run(quick=quick, **({"progress": report} if part in WITH_PROGRESS else {}))
+        finally:
+            torch.set_num_threads(threads)  # a part that pins torch's threads must not set the next one's
     record = {"part": part, "quick": quick, "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
               "machine": about, "seconds": time.perf_counter() - t0, "figures": figures}
     path = folder / f"{part}.json"
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets whole table rows
     t0 = time.perf_counter()
     for part in sorted(parts, key=PARTS.index):
         _run_part(part, args.quick, folder, console)

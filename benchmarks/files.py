@@ -69,7 +69,7 @@ def recompute_scores(path, model_path, hop: int = DEFAULT_HOP):
                 t += hop
             keep = min(len(audio), need)
             tail, base = audio[len(audio) - keep:], base + len(audio) - keep
-    return np.asarray(ends), np.asarray(scores, dtype=np.float32).reshape(len(ends), -1)
+    return np.asarray(ends, dtype=np.int64), np.stack(scores) if scores else np.empty((0, 0), dtype=np.float32)
 
 
 # Linux keeps a process's peak resident size across exec, and a child forked
@@ -109,6 +109,7 @@ def _tag(wav: Path, model: Path, folder: Path) -> dict:
     result = run_process([sys.executable, "-m", "streamtag", "tag", str(wav), "--model", str(model), "-o", str(out)],
                          folder)
     result["events"] = sum(1 for _ in open(out, encoding="utf-8"))
+    del result["stdout"]  # the events went to the file
     return result
 
 

@@ -78,7 +78,8 @@ def describe(m: dict) -> str:
     commit = f"commit `{m['commit'][:10]}`{' (with local changes)' if m['dirty'] else ''}" if m["commit"] \
         else "no git commit"
     load = f", load {m['load'][0]:.1f}" if m.get("load") else ""
-    return (f"{m['date']} on {m['cpu']} ({m['cores']} cores{load}, {m['memory_gb']} GB), {m['platform']}; "
+    memory = f", {m['memory_gb']} GB" if m.get("memory_gb") else ""
+    return (f"{m['date']} on {m['cpu']} ({m['cores']} cores{load}{memory}), {m['platform']}; "
             f"Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}, numba {v['numba']}; {commit}")
 
 
@@ -117,7 +118,7 @@ def cdf_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
     ax.set_ylabel("latency (ms, log)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

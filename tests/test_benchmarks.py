@@ -69,6 +69,7 @@ def test_live_runs_score_every_window_and_report_ordered_latencies(quick):
         assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
         assert lat["n"] == run["windows"] and len(lat["quantiles_ms"]) > 100
         assert run["model"]["p50_ms"] <= lat["max_ms"]  # the model's time is part of the latency
+    assert [r["threads"] for r in live["runs"][:-1]] == [1] * 8  # the last keeps torch's default
     assert live["p99_ms"] == live["runs"][0]["latency"]["p99_ms"]
 
 
