@@ -252,7 +252,8 @@ def _train_and_export(args, feats, recipe, overlays, augment, init, device, reci
         "command": _command(), "dataset": dataset.summary(), "folds": dataset.folds,
         "train_clips": trained.n_train, "val_clips": trained.n_val, "init": init,
         "window": args.window, "recipe": recipe_text,
-        "pretraining": f"{overlays.pretrain_epochs} single-label (softmax) epochs" if overlays.pretrain_epochs else "none",
+        "pretraining": (f"{overlays.pretrain_epochs} single-label (softmax) epochs" if overlays.pretrain_epochs
+                        else "none"),
         "overlays": data_text, "augment": augment.describe(), "seed": args.seed,
         "epochs": len(trained.history), "best_overlay_epoch": trained.best_epoch,
         "thresholds": "per class, maximising F1 on the validation clips' windows (single clips and mixes)",

@@ -66,8 +66,8 @@ def write_study(prefix: str | Path, results: list[dict], classes: list[str], inf
 
 
 def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
-    lines = [f"# {info['title']}", "", info["dataset_summary"], "", "Reproduce with:", "", "```", info["command"], "```",
-             "", info["setup"], ""]
+    lines = [f"# {info['title']}", "", info["dataset_summary"], "", "Reproduce with:", "",
+             "```", info["command"], "```", "", info["setup"], ""]
     if info.get("note"):
         lines += [f"**Note.** {info['note']}", ""]
     lines += [f"## The study's three questions (mean over test fold(s) {', '.join(map(str, folds))})", "",
@@ -106,15 +106,15 @@ def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
                   f"{delta(lambda r: r['sets']['minus20']['all'])}, mAP {delta(lambda r: r['map'])}."]
     lines += ["", "## Per test fold", "",
               "| fold | model | train / val / test clips | epochs (best) | minutes | single acc | equal both | "
-              "equal one | 20 dB both | 20 dB one | mAP | val mAP |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "equal one | 20 dB both | 20 dB one | mAP | val mAP |", "|---" * 12 + "|"]
     for r in results:
         s = r["sets"]
         epochs = f"{r['epochs']}" + (f" ({r['best_epoch']})" if "best_epoch" in r else "")
         minutes = f"{r['seconds'] / 60:.1f}" if "seconds" in r else "–"
+        cells = [s["single"]["all"], s["equal"]["all"], s["equal"]["one"], s["minus20"]["all"], s["minus20"]["one"],
+                 r["map"], r.get("val_map")]
         lines.append(f"| {r['fold']} | {r['init']} | {r['n_train']} / {r['n_val']} / {r['n_test']} | {epochs} | "
-                     f"{minutes} | {_pct(s['single']['all'])} | {_pct(s['equal']['all'])} | {_pct(s['equal']['one'])} | "
-                     f"{_pct(s['minus20']['all'])} | {_pct(s['minus20']['one'])} | {_pct(r['map'])} | "
-                     f"{_pct(r.get('val_map'))} |")
+                     f"{minutes} | " + " | ".join(_pct(c) for c in cells) + " |")
     ml = [i for i in inits if i != "single-label"]
     if ml:
         lines += ["", "## Per class (all test clips and mixes together, mean over folds)", "",

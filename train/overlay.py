@@ -107,7 +107,7 @@ def plan_overlays(clips: list[Clip], ids, n: int, rng: np.random.Generator, leve
     for k, m in enumerate(order):
         partner = int(rng.choice(partners[int(m)]))
         d = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
-        levels = (0.0, -d) if k % 2 == 0 else (-d, 0.0)
+        levels = (0.0, 0.0 - d) if k % 2 == 0 else (0.0 - d, 0.0)  # 0.0 - d: never -0.0
         offset = (0, 0)
         if max_offset > 0:
             late = int(rng.integers(0, max_offset + 1))
@@ -182,11 +182,12 @@ def write_overlays(dataset: Dataset, out: str | os.PathLike, per_fold: int, seed
             plan += plan_overlays(dataset.clips, ids, per_fold, rng, level_db, round(max_offset * sample_rate))
         except DatasetError as exc:
             raise DatasetError(f"fold {fold}: {exc}") from None
-    rows = []
-    for k, ov in enumerate(track(plan, description=f"overlays of {dataset.name}", disable=quiet, transient=True)):
+    rows, made = [], {f: 0 for f in folds}
+    for ov in track(plan, description=f"overlays of {dataset.name}", disable=quiet, transient=True):
         ca, cb = dataset.clips[ov.a], dataset.clips[ov.b]
         m = mix(dataset.load(ca, sample_rate), dataset.load(cb, sample_rate), ov)
-        name = f"{ov.fold}-{k:05d}-{ca.path.stem}_{cb.path.stem}.flac"
+        name = f"{ov.fold}-{made[ov.fold]:05d}-{ca.path.stem}_{cb.path.stem}.flac"
+        made[ov.fold] += 1
         folder = out / "audio" / f"fold{ov.fold}"
         folder.mkdir(parents=True, exist_ok=True)
         sf.write(folder / name, m.audio, sample_rate, subtype="PCM_24")

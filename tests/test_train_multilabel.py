@@ -1,0 +1,185 @@
+"""train/multilabel*.py: scores, rendering examples from audio, a tiny end-to-end
+study and the exported model (dense 16-32, seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamtag.features import FeatureSpec
+from streamtag.modelfile import load_model
+from test_train_data import make_us8k
+from train.augment import Augment
+from train.cache import clip_features, load_features
+from train.datasets import read_us8k
+from train.loop import Recipe
+from train.multilabel import ExampleSource, Overlays, clip_set, render, study
+from train.multilabel_metrics import average_precision, clip_means, per_class, set_scores, tune_thresholds
+from train.multilabel_report import write_study
+from train.overlay import Overlay, mix
+from train.segments import SILENCE_DB, window_starts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- scores -------------------------------------------------------------------
+
+def test_average_precision_by_hand():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    truth = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    ap = average_precision(scores, truth)
+    assert ap[0] == pytest.approx((1 / 1 + 2 / 3) / 2) and np.isnan(ap[1])  # no positives: undefined
+    assert average_precision(-scores, truth)[0] == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_set_scores_rank_pairs_and_count_extra_sounds():
+    pairs = np.array([[1, 1, 0]] * 3)
+    probs = np.array([[0.9, 0.8, 0.1],  # top two are the pair; both above 0.5
+                      [0.9, 0.1, 0.8],  # one right, one wrong
+                      [0.2, 0.6, 0.7]])  # one right
+    s = set_scores(probs, pairs, [0.5, 0.5, 0.5])
+    assert s == {"all": pytest.approx(1 / 3), "one": 1.0, "exact": pytest.approx(1 / 3), "extra": 0.0, "n": 3}
+    assert set_scores(probs, pairs, [0.5, 0.5, 0.75])["exact"] == pytest.approx(1 / 3)
+    single = np.array([[1, 0, 0], [1, 0, 0]])
+    s = set_scores(np.array([[0.6, 0.55, 0.1], [0.2, 0.9, 0.1]]), single, [0.5, 0.5, 0.5])
+    assert (s["all"], s["one"], s["exact"], s["extra"]) == (0.5, 0.5, 0.0, 0.5)  # a second sound claimed once
+
+
+def test_thresholds_maximise_f1_per_class():
+    scores = np.array([[0.3, 0.9], [0.4, 0.8], [0.1, 0.7], [0.2, 0.6]])
+    truth = np.array([[1, 0], [1, 0], [0, 0], [0, 0]])
+    t = tune_thresholds(scores, truth)
+    assert 0.2 < t[0] <= 0.3 and t[1] == 0.5  # class 1 has no positives: the default
+    assert per_class(scores >= t, truth)["f1"][0] == 1.0
+    m = per_class(scores >= 0.5, truth)
+    assert m["precision"].tolist() == [0.0, 0.0] and m["recall"].tolist() == [0.0, 0.0]
+
+
+def test_clip_means_average_windows():
+    probs = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    np.testing.assert_allclose(clip_means(probs, np.array([0, 0, 2]), 3), [[0.5, 0.5], [0, 0], [0.5, 0.5]])
+
+
+# --- examples rendered from audio ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory):
+    root = make_us8k(tmp_path_factory.mktemp("us8k"), folds=(1, 2), per_fold=12, missing=0)
+    return load_features(read_us8k(root), FeatureSpec(), tmp_path_factory.mktemp("cache"), quiet=True)
+
+
+def _clip(feats, fold: int, k: int) -> int:
+    """Index of the k-th clip of a fold (label k % 3; the last of each fold lasts 0.6 s)."""
+    return [i for i, c in enumerate(feats.dataset.clips) if c.fold == fold][k]
+
+
+def test_mix_features_are_computed_on_the_mixed_audio(feats):
+    a, b = _clip(feats, 1, 0), _clip(feats, 1, 11)  # 2.5 s of class 0; 0.6 s of class 2
+    ov = Overlay(a, b, 1, (0.0, 0.0), (0, 26460))  # b starts 1.2 s in (frame 51.7)
+    frames, starts, targets = render(feats, ov, 41, 20)
+    expected = clip_features(mix(feats.clip_audio(a), feats.clip_audio(b), ov).audio, feats.spec)
+    np.testing.assert_array_equal(frames, expected)  # the frontend run on the mix, never mixed features
+    assert starts.tolist() == window_starts(expected, 41, 20, SILENCE_DB).tolist() == [0, 20, 40, 60]
+    # window 0 (frames 0-40) ends before b starts; the others hold at least MIN_ACTIVE frames of it
+    assert targets.tolist() == [[1, 0, 0], [1, 0, 1], [1, 0, 1], [1, 0, 1]]
+    # a single clip renders as its cached frames, its class on every kept window
+    frames, starts, targets = render(feats, a, 41, 20)
+    np.testing.assert_array_equal(frames, feats.clip_frames(a))
+    assert (targets == [1, 0, 0]).all() and len(targets) == len(starts)
+
+
+def test_example_source_mixes_afresh_each_epoch(feats):
+    ids = [i for i, c in enumerate(feats.dataset.clips) if c.fold == 1]
+    src = ExampleSource(feats, ids, 41, 20, Overlays(mixes=10, singles=4), Augment(shift=True, gain_db=6), 16)
+    first = list(src.epoch(np.random.default_rng(0)))
+    x, y = np.concatenate([b[0] for b in first]), np.concatenate([b[1] for b in first])
+    assert x.shape[1:] == (2, 60, 41) and y.shape == (len(x), 3) and np.isfinite(x).all()
+    assert set(y.sum(axis=1).tolist()) <= {0.0, 1.0, 2.0} and (y.sum(axis=1) == 2).mean() > 0.4
+    again = np.concatenate([b[0] for b in src.epoch(np.random.default_rng(0))])
+    other = np.concatenate([b[0] for b in src.epoch(np.random.default_rng(1))])
+    assert np.array_equal(x, again) and (len(other) != len(x) or not np.array_equal(other, x))
+
+
+def test_clip_set_truth_names_both_events(feats):
+    ids = [_clip(feats, 2, k) for k in range(3)]
+    s = clip_set("mixes", feats, [Overlay(ids[0], ids[1], 2, (0.0, -20.0), (0, 0)), ids[2]], 41, 20)
+    assert s.truth.tolist() == [[1, 1, 0], [0, 0, 1]]
+    assert set(s.segments.clip.tolist()) == {0, 1} and len(s.window_truth) == len(s.segments.starts)
+
+
+# --- end to end -----------------------------------------------------------------
+
+def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
+    recipe = Recipe(epochs=5, dense=32, batch_size=16, lr=3e-3, dropout=0.0)
+    results = study(feats, "short", recipe, Overlays(mixes=30, singles=12, pretrain_epochs=2), Augment(),
+                    ["pretrained"], seed=1, val_fraction=0.3, test_mixes=12, folds=[1])
+    assert [r["init"] for r in results] == ["single-label", "pretrained"]
+    r = results[1]
+    assert r["n_test"] == 12 and r["n_train"] + r["n_val"] == 12
+    assert [row["stage"] for row in r["history"]] == ["pretrain"] * 2 + ["overlays"] * 5
+    assert 1 <= r["best_epoch"] <= 5 and all(0 < t < 1 for t in r["thresholds"])
+    assert {s: r["sets"][s]["n"] for s in r["sets"]} == {"single": 12, "equal": 12, "minus20": 12}
+    # three pitch classes: chance mAP on these sets is about 0.45
+    assert r["map"] > 0.85, r["map"]
+    assert r["sets"]["equal"]["one"] == 1.0
+    write_study(tmp_path / "ml", results, feats.dataset.classes,
+                {"title": "tiny", "dataset_summary": "tiny set", "command": "python -m train multilabel x",
+                 "setup": "setup text", "note": "cut short"})
+    text = (tmp_path / "ml.md").read_text()
+    assert "| multilabel, pretrained | " in text and "| the study (reference) | | | | 14.0 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| multilabel, pretrained |")).split(" | ")
+    assert row[1] == f"{100 * r['sets']['single']['all']:.1f}" and row[10] == f"{100 * r['map']:.1f}"
+    for name in ("ml.csv", "ml-classes.csv", "ml.json", "ml.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len((tmp_path / "ml.csv").read_text().splitlines()) == 1 + 2 * 3
+    assert json.loads((tmp_path / "ml.json").read_text())["results"][1]["map"] == r["map"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_all_folds_command_exports_a_model_with_tuned_thresholds(feats, tmp_path):
+    out = tmp_path / "ml.pt"
+    p = _run("multilabel", str(feats.dataset.root), "--dataset", "us8k", "--all", "--init", "scratch",
+             "--export", str(out), "--epochs", "2", "--mixes", "12", "--singles", "6", "--dense", "16",
+             "--batch-size", "16", "--threads", "1", "--val-fraction", "0.3", "--cache", str(tmp_path / "cache"),
+             "--quiet")
+    assert p.returncode == 0, p.stderr
+    model = load_model(out, device="cpu")
+    assert model.head == "multilabel" and model.hop_frames == 4 and model.window_frames == 41
+    assert model.classes == ["class0", "class1", "class2"]
+    assert ((model.thresholds > 0) & (model.thresholds < 1)).all()
+    prov = model.provenance
+    assert prov["command"].startswith("python -m train multilabel ") and "--all" in prov["command"]
+    assert prov["folds"] == [1, 2] and prov["train_clips"] + prov["val_clips"] == 24
+    assert prov["epochs"] == 2 and 0 <= prov["metrics"]["val_map"] <= 1 and "UrbanSound8K" in prov["dataset"]
+    probs = model.predict(np.zeros((2, 2, 60, 41), np.float32))
+    assert probs.shape == (2, 3) and ((probs > 0) & (probs < 1)).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--all"], "give --export FILE"),
+    (["--export", "m.pt"], "--export needs --all"),
+    (["--all", "--export", "m.pt", "--init", "both"], "--all trains one model"),
+    (["--mixes", "0", "--singles", "0"], "nothing to train on"),
+    (["--init", "pretrained", "--pretrain-epochs", "0"], "needs --pretrain-epochs >= 1"),
+    (["--val-fraction", "1"], "--val-fraction must lie in (0, 1)"),
+    (["--level-db", "30:10"], "level difference must satisfy"),
+    (["--augment", "pitch"], "unknown augmentation"),
+])
+def test_multilabel_command_refuses_bad_options_in_one_line(args, message, tmp_path):
+    p = _run("multilabel", str(tmp_path), "--dataset", "us8k", *args)
+    assert p.returncode != 0 and message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_multilabel_command_names_a_missing_dataset():
+    p = _run("multilabel", "/no/such/folder", "--dataset", "us8k")
+    assert p.returncode == 2 and "no such directory" in p.stderr and "Traceback" not in p.stderr
