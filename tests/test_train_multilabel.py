@@ -168,6 +168,7 @@ def test_all_folds_command_exports_a_model_with_tuned_thresholds(feats, tmp_path
     (["--all"], "give --export FILE"),
     (["--export", "m.pt"], "--export needs --all"),
     (["--all", "--export", "m.pt", "--init", "both"], "--all trains one model"),
+    (["--all", "--export", "m.pt", "--folds", "1"], "drop --folds"),
     (["--mixes", "0", "--singles", "0"], "nothing to train on"),
     (["--init", "pretrained", "--pretrain-epochs", "0"], "needs --pretrain-epochs >= 1"),
     (["--val-fraction", "1"], "--val-fraction must lie in (0, 1)"),

@@ -108,6 +108,8 @@ def _check(args) -> None:
         _fail("--export needs --all (the study's models are trained without their test fold)")
     if args.all and args.init == "both":
         _fail("--all trains one model: choose --init scratch or --init pretrained")
+    if args.all and args.folds:
+        _fail("--all trains on every present fold and tests on none: drop --folds")
     for name in ("epochs", "test_mixes", "hop_frames", "batch_size"):
         if getattr(args, name) < 1:
             _fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -141,9 +143,9 @@ def _cmd_multilabel(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from streamtag.features import FeatureSpec
     from train.cache import load_features
     from train.loop import Recipe
-    from streamtag.features import FeatureSpec
     from train.multilabel import Overlays
 
     sgd = args.optimizer == "sgd"
@@ -157,6 +159,8 @@ def _cmd_multilabel(args) -> int:
     inits = ["scratch", "pretrained"] if init == "both" else [init]
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        _fail(f"--device {device}: CUDA is not available here; use --device cpu")
     console = Console(stderr=True)
     feats = load_features(read_dataset(args.dataset, args.data), FeatureSpec(), args.cache, quiet=args.quiet)
     dataset = feats.dataset
@@ -172,11 +176,10 @@ def _cmd_multilabel(args) -> int:
                  f"{levels[0]:g}-{levels[1]:g} dB, alternating the quieter event"
                  + (f", offsets up to {args.max_offset:g} s" if args.max_offset else "")
                  + f") + {args.singles} single clips each")
-    per_run = args.epochs + (args.pretrain_epochs if "pretrained" in inits else 0)
-    runs = 1 if args.all else len(folds) * len(inits)
+    per_fold = sum(args.epochs + (args.pretrain_epochs if i == "pretrained" else 0) for i in inits)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeRemainingColumn(), console=console, disable=args.quiet) as progress:
-        task = progress.add_task("multilabel", total=runs * per_run)
+        task = progress.add_task("multilabel", total=per_fold * (1 if args.all else len(folds)))
 
         def on_epoch(where: str, row: dict) -> None:
             text = (f"{where}{row['stage']} epoch {row['epoch']} loss {row['loss']:.3f} ({row['seconds']:.0f} s)"
