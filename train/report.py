@@ -74,7 +74,7 @@ def write_run(folder: Path, results: list[dict], classes: list[str], info: dict)
 
 def compare(folders: list[Path]) -> str:
     """A markdown table of several runs' mean accuracies."""
-    rows = ["| run | window | recipe | augmentation | seeds | segment % | clip % prob vote | clip % majority | CPU min |",
+    rows = ["| run | window | recipe | augmentation | seeds | segment % | clip % prob vote | clip % majority | wall min |",
             "|---|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         s = json.loads((Path(folder) / "summary.json").read_text())
