@@ -14,6 +14,16 @@ import sys
 from pathlib import Path
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (UrbanSound8K layout, or ESC-50 layout for esc10/esc50)")
     p.add_argument("--dataset", required=True, choices=("us8k", "esc10", "esc50"))
@@ -32,12 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--lr", type=float, help="learning rate (default 0.001 for adam, 0.01 for sgd)")
     p.add_argument("--weight-decay", type=float, help="L2 penalty (default 0 for adam, 0.001 for sgd)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_positive, default=30)
+    p.add_argument("--batch-size", type=_positive, default=128)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--patience", type=int, default=0, help="> 0: early stopping on held-out validation clips")
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--dense", type=int, default=1500)
+    p.add_argument("--dense", type=_positive, default=1500)
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--head", choices=("single", "multilabel"), default="single")
@@ -47,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=("fold", "all"),
                    help="save model.pt in the run folder: 'fold' the network of the first test fold (no extra "
                         "training; its held-out accuracy is known), 'all' a network retrained on every present fold")
-    p.add_argument("--eval-every", type=int, default=1, help="score the test fold for the curves every N epochs")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-every", type=_positive, default=1, help="score the test fold for the curves every N epochs")
+    p.add_argument("--train-stride", type=_positive,
+                   help="frames between training windows (default: the window's own; tests always use it)")
+    p.add_argument("--threads", type=_positive, default=2)
     p.add_argument("--device", help="cuda or cpu (default cuda when available)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars (for logs)")
     p.set_defaults(run=_cmd_cv)
@@ -133,7 +145,8 @@ def _cmd_cv(args) -> int:
         raise SystemExit(f"python -m train: error: fold(s) {absent} not present ({feats.dataset.summary()})")
 
     recipe_text = (f"{recipe.optimizer} lr={recipe.lr:g} wd={recipe.weight_decay:g} {recipe.schedule} "
-                   f"{recipe.epochs} epochs" + (f" early-stop(patience {recipe.patience})" if recipe.patience else "")
+                   + (f"train-stride {args.train_stride} " if args.train_stride else "")
+                   + f"{recipe.epochs} epochs" + (f" early-stop(patience {recipe.patience})" if recipe.patience else "")
                    + f" batch {recipe.batch_size} dense {recipe.dense}{'+bn' if recipe.batch_norm else ''}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeRemainingColumn(), console=console, disable=args.quiet) as progress:
@@ -155,7 +168,7 @@ def _cmd_cv(args) -> int:
 
         exported: dict = {}
         results = cross_validate(feats, args.window, recipe, augment, args.seeds, device, args.val_fraction,
-                                 folds, on_epoch, on_fold, args.eval_every)
+                                 folds, on_epoch, on_fold, args.eval_every, args.train_stride)
     command = "python -m train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     info = {"name": out.name, "dataset": feats.dataset.name, "dataset_summary": feats.dataset.summary(),
             "window": args.window, "recipe": recipe_text, "augment": augment.describe(), "command": command,
@@ -179,7 +192,7 @@ def _cmd_cv(args) -> int:
         else:
             console.print("training the exported model on every present fold")
             net, history = fit(feats, np.arange(len(feats.dataset.clips)), args.window, recipe, augment,
-                               args.seeds[0], device, args.val_fraction)
+                               args.seeds[0], device, args.val_fraction, train_stride=args.train_stride)
             provenance.update(trained_on_folds=feats.dataset.folds, seed=args.seeds[0], epochs=len(history))
         length, stride = WINDOWS[args.window]
         save_model(out / "model.pt", net.cpu(), classes=feats.dataset.classes, spec=feats.spec,
