@@ -30,7 +30,7 @@ _FILL, _EMITTED, _SLOT, _HOP, _NFFT, _NMELS, _NNZ, _PASSES = range(8)
 _HEADER = 8
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _push_kernel(x, ints, floats, ring, out):
     """Consume the samples ``x``; write every frame they complete to ``out``, the
     delta history and the window ring ``ring``; return how many.
@@ -87,11 +87,14 @@ def _push_kernel(x, ints, floats, ring, out):
         for k in range(n_fft):
             frame[k] = buf[k] * window[k]
         power_spectrum(frame, power, plan)
-        for m in range(n_mels):
+        for m in range(n_mels):  # each band's bins are one contiguous run starting at fb_bin[fb_ptr[m]]
+            first, count = fb_ptr[m], fb_ptr[m + 1] - fb_ptr[m]
+            weights = fb_w[first:first + count]
+            bins = power[fb_bin[first]:fb_bin[first] + count] if count else power[:0]
             acc = 0.0
-            for j in range(fb_ptr[m], fb_ptr[m + 1]):
-                acc += fb_w[j] * power[fb_bin[j]]
-            logmel[m] = 10.0 * np.log10(max(acc, amin))
+            for j in range(count):
+                acc += weights[j] * bins[j]
+            logmel[m] = 10.0 * np.log10(np.float32(max(acc, amin)))  # float32 log: the output's precision, faster
         # causal delta over the last 9 log-mel frames; edge-pad the stream start
         if emitted == 0:
             for r in range(_HISTORY):
