@@ -139,12 +139,15 @@ class Engine:
     ``thresholds`` (one value or one per class) to the model's. A class's
     event ends when its smoothed score drops below ``threshold - hysteresis``.
     ``smooth`` and ``min_duration`` are in seconds; ``ring_seconds`` is how much
-    audio a live source may get ahead of the engine before the oldest is dropped.
+    audio a live source may get ahead of the engine before the oldest is dropped;
+    ``read_seconds`` is the most audio taken from the ring at once: a read takes
+    only what has already arrived, so a large value adds no latency live, while
+    a file's windows get scored in large batches.
     """
 
     def __init__(self, model, *, hop_frames: int | None = None, thresholds=None, smooth: float = 0.3,
                  hysteresis: float = 0.1, min_duration: float = 0.25, ring_seconds: float = 10.0,
-                 read_seconds: float = 0.5, history_frames: int = 101):
+                 read_seconds: float = 4.0, history_frames: int = 101):
         self.model = model
         self.spec = model.spec
         self.classes = list(model.classes)
