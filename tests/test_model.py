@@ -16,7 +16,7 @@ from streamtag.cli import main
 from streamtag.errors import ModelError, ModelFileError, ModelNotFoundError
 from streamtag.features import FeatureSpec
 from streamtag.model import PiczakCNN, flat_size
-from streamtag.modelfile import DEFAULT_MODEL, load_model, read_metadata, save_model
+from streamtag.modelfile import load_model, read_metadata, save_model
 
 SPEC = FeatureSpec()
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the tests script nets too
@@ -241,14 +241,6 @@ def test_unusable_files_give_clear_errors(tmp_path, random_model_file):
         load_model(tmp_path / "missing.pt")
     with pytest.raises(ModelFileError, match="directory"):
         load_model(tmp_path)
-
-
-def test_default_model(random_model_file):
-    if DEFAULT_MODEL.exists():
-        assert load_model().name == "default"
-    else:
-        with pytest.raises(ModelNotFoundError, match="--model"):
-            load_model()
 
 
 def test_device_choice(random_model_file):

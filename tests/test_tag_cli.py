@@ -121,7 +121,7 @@ def float_wav(tmp_path, samples) -> bytes:
 @pytest.mark.parametrize("case", [
     "missing file", "junk file", "empty file", "nan samples", "raw u8", "raw without rate", "raw rate not a number",
     "raw zero channels", "raw without stdin", "rate without raw", "stdin cut in header", "stdin not wav",
-    "stdin mu-law", "no model", "frames with csv", "audacity clip", "no input"])
+    "stdin mu-law", "missing model", "frames with csv", "audacity clip", "no input"])
 def test_bad_input_gives_one_line_and_exit_2(case, capsys, monkeypatch, random_model_file, clip, tmp_path):
     model = ["--model", random_model_file]
     junk = tmp_path / "junk.wav"
@@ -147,7 +147,7 @@ def test_bad_input_gives_one_line_and_exit_2(case, capsys, monkeypatch, random_m
         "stdin cut in header": ([*model, "-"], "inside the WAV header"),
         "stdin not wav": ([*model, "-"], "not a WAV stream"),
         "stdin mu-law": ([*model, "-"], "unsupported WAV sample type"),
-        "no model": ([clip], "pass --model"),
+        "missing model": (["--model", str(tmp_path / "nowhere.pt"), clip], "nowhere.pt"),
         "frames with csv": ([*model, "--frames", "-f", "csv", clip], "--frames writes JSON Lines"),
         "audacity clip": ([*model, "--clip", "-f", "audacity", clip], "Audacity"),
         "no input": ([*model], "no input"),
