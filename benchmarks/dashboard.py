@@ -20,7 +20,6 @@ Run: ``python -m benchmarks.dashboard [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from benchmarks.report import summarize
+from benchmarks.report import standalone, summarize
 from benchmarks.workload import SPEC, LoopedSource, model_file, scene
 from streamtag.dashboard import HISTORY_FRAMES, REFRESH_PER_SECOND, Dashboard, EventLog, Setup, show
 from streamtag.engine import Engine
@@ -148,10 +147,7 @@ def table(result: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    args = parser.parse_args(argv)
-    Console().print(table(run(quick=args.quick)))
+    standalone(__doc__, run, table, argv)
 
 
 if __name__ == "__main__":

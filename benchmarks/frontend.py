@@ -12,13 +12,13 @@ Run: ``python -m benchmarks.frontend [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from streamtag.features import DELTA_TAPS, FeatureSpec
 from streamtag.frontend import Frontend
+from benchmarks.report import standalone
 
 SPEC = FeatureSpec()
 
@@ -137,12 +137,7 @@ def table(result: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    args = parser.parse_args(argv)
-    from rich.console import Console
-
-    Console().print(table(run(quick=args.quick)))
+    standalone(__doc__, run, table, argv)
 
 
 if __name__ == "__main__":

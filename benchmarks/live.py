@@ -25,7 +25,6 @@ Run: ``python -m benchmarks.live [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.report import cdf_plot, summarize
+from benchmarks.report import cdf_plot, standalone, summarize
 from benchmarks.workload import FRAMES, SPEC, LoopedSource, model_file, scene
 from streamtag.engine import Engine
 from streamtag.modelfile import load_model
@@ -192,12 +191,7 @@ def plot(result: dict, folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    args = parser.parse_args(argv)
-    from rich.console import Console
-
-    Console().print(table(run(quick=args.quick)))
+    standalone(__doc__, run, table, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run: ``python -m benchmarks.model [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from streamtag.features import FeatureSpec
 from streamtag.model import PiczakCNN
 from streamtag.modelfile import load_model, save_model
+from benchmarks.report import standalone
 
 THREADS = 1  # the live engine's setting: the other core captures audio and runs the frontend
 BATCH = 64
@@ -131,12 +131,7 @@ def table(result: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    args = parser.parse_args(argv)
-    from rich.console import Console
-
-    Console().print(table(run(quick=args.quick)))
+    standalone(__doc__, run, table, argv)
 
 
 if __name__ == "__main__":

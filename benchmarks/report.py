@@ -138,3 +138,16 @@ def markdown(table) -> str:
     for row in zip(*(list(c.cells) for c in columns)):
         lines.append("| " + " | ".join(text(cell) for cell in row) + " |")
     return "\n".join(lines)
+
+
+def standalone(doc: str, run, table, argv: list[str] | None = None) -> None:
+    """``main()`` of a benchmark module run on its own (``python -m benchmarks.NAME [--quick]``):
+    measure with ``run(quick)`` and print ``table(result)``."""
+    import argparse
+
+    from rich.console import Console
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
+    args = parser.parse_args(argv)
+    Console().print(table(run(quick=args.quick)))

@@ -12,14 +12,13 @@ Run: ``python -m benchmarks.spectrum [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numba
 import numpy as np
 import rocket_fft  # noqa: F401  (registers np.fft inside @njit)
 
-from benchmarks.report import machine
+from benchmarks.report import machine, standalone
 from streamtag.spectrum import make_plan, power_spectrum
 
 SIZES = (1024, 2048)
@@ -97,12 +96,7 @@ def table(result: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    args = parser.parse_args(argv)
-    from rich.console import Console
-
-    Console().print(table(run(quick=args.quick)))
+    standalone(__doc__, run, table, argv)
 
 
 if __name__ == "__main__":
