@@ -25,7 +25,7 @@ from streamtag.errors import DeviceError, StreamtagError
 from streamtag.scene import synthesize_scene
 from streamtag.sinks import JsonLinesSink
 from streamtag.sources import MicrophoneSource, PacedSource, ReplaySource, Source, list_devices
-from streamtag.tag import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, _Interrupts, _quiet_stdout, _summary_line
+from streamtag.tag import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Interrupts, quiet_stdout, summary_line
 
 SCENE_NAME = "scene (synthesised street)"
 BLOCK_SECONDS = 0.02  # how often the scene's stand-in sound card delivers audio, like a real one
@@ -106,7 +106,7 @@ def run_live(source: Source, model, console: Console | None, *, hop: int | None 
             for sink in sinks:
                 sink.event(kind, event)
 
-        interrupts = _Interrupts(engine)
+        interrupts = Interrupts(engine)
         try:
             with interrupts.armed():
                 if console is None:
@@ -118,11 +118,11 @@ def run_live(source: Source, model, console: Console | None, *, hop: int | None 
                                   duration=source.frames / source.sample_rate if source.frames else None)
                     summary, log = show(engine, source, setup, console, on_event=on_event, max_seconds=max_seconds)
         except BrokenPipeError:  # `streamtag live | head`: the reader has gone
-            _quiet_stdout()
+            quiet_stdout()
             return EXIT_OK
     if log is not None and log.closed:
         console.print(session_table(log.closed, model.classes))
-    err.print(f"streamtag: {_summary_line([summary], interrupts.hit)}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"streamtag: {summary_line([summary], interrupts.hit)}", markup=False, highlight=False, soft_wrap=True)
     if summary.error is not None:
         err.print(f"streamtag: error: {summary.error}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_ERROR

@@ -113,7 +113,7 @@ def _make_sink(fmt: str, stream, classes: list[str], args: argparse.Namespace, n
                     show_source=n_inputs > 1 and not args.clip)
 
 
-class _Interrupts:
+class Interrupts:
     """Ctrl-C (SIGINT) or SIGTERM while an input is tagged: the first stops the
     engine cleanly, a second raises KeyboardInterrupt."""
 
@@ -141,7 +141,7 @@ class _Interrupts:
                 signal.signal(sig, handler)
 
 
-def _summary_line(summaries: list[Summary], interrupted: bool) -> str:
+def summary_line(summaries: list[Summary], interrupted: bool) -> str:
     seconds = sum(s.seconds for s in summaries)
     wall = sum(s.wall_seconds for s in summaries)
     n = len(summaries)
@@ -159,7 +159,7 @@ def _summary_line(summaries: list[Summary], interrupted: bool) -> str:
     return text + ("; interrupted" if interrupted else "")
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """The reader of standard output has gone (``| head``): point the
     descriptor at /dev/null so the final flush at exit cannot fail loudly."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:  # one unwrapped line on standard error, above the progress bar if there is one
         err.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    interrupts = _Interrupts(engine)
+    interrupts = Interrupts(engine)
     summaries: list[Summary] = []
     failed = 0
     try:
@@ -230,10 +230,10 @@ def run(args: argparse.Namespace) -> int:
                     say(f"streamtag: error: {summary.error}")
                     failed += 1
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet_stdout()
         return EXIT_OK
     if not args.quiet and summaries:
-        say(f"streamtag: {_summary_line(summaries, interrupts.hit)}")
+        say(f"streamtag: {summary_line(summaries, interrupts.hit)}")
     if interrupts.hit:
         return EXIT_INTERRUPTED
     return EXIT_ERROR if failed else EXIT_OK
