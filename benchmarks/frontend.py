@@ -23,35 +23,45 @@ from benchmarks.report import standalone
 SPEC = FeatureSpec()
 
 
-def _best_of(fn, repeats: int) -> float:
-    """Minimum wall time of ``fn()`` over ``repeats`` runs: the least disturbed figure on a shared machine."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+def _interleaved_minimum(jobs: dict, rounds: int) -> dict:
+    """Minimum wall time of each job over ``rounds`` rounds that run every job once.
+
+    This machine's speed drifts by half for seconds at a time (a shared virtual
+    machine): timing each job in its own burst would hand one a slow phase and
+    another a fast one. Taking turns, the minimum catches every job in the same
+    quiet moments, so the figures and their ratios are comparable.
+    """
+    best = {name: float("inf") for name in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            t = time.perf_counter()
+            job()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
-def _repeat(fn, arg, times: int) -> None:
-    """Call ``fn(arg)`` ``times`` times, dropping each result: keeping them all
+def _repeat(fn, arg, times: int):
+    """A job calling ``fn(arg)`` ``times`` times, dropping each result: keeping them all
     would time the allocator's page faults rather than the work."""
-    for _ in range(times):
-        fn(arg)
+    def job():
+        for _ in range(times):
+            fn(arg)
+    return job
 
 
-def _stream_cost(audio: np.ndarray, block: int, repeats: int) -> float:
-    """Seconds per emitted frame when ``audio`` arrives in blocks of ``block`` samples."""
+def _streaming(audio: np.ndarray, block: int):
+    """A job feeding ``audio`` to a frontend in blocks of ``block`` samples, and the frames that emits."""
     frontend = Frontend(SPEC)
     blocks = [audio[i:i + block] for i in range(0, len(audio) - block + 1, block)]
     frontend.push(blocks[0])  # compile / warm up
 
-    def run():
+    def job():
         frontend.reset()
         for b in blocks:
             frontend.push(b)
 
-    return _best_of(run, repeats) / frontend.frames_emitted
+    job()
+    return job, frontend.frames_emitted
 
 
 def _torchaudio_recompute(frames: int):
@@ -94,28 +104,35 @@ def _librosa_recompute(frames: int):
 def run(quick: bool = False) -> dict:
     """Measure and return the figures (microseconds) and ratios as a dict."""
     rng = np.random.default_rng(0)
-    seconds = 3 if quick else 20
-    repeats = 2 if quick else 7
+    seconds = 3 if quick else 4
+    rounds = 2 if quick else 60
     audio = (rng.standard_normal(seconds * SPEC.sample_rate) * 0.1).astype(np.float32)
-    result: dict = {"spec": SPEC.to_dict(), "audio_seconds": seconds}
+    jobs, per_job = {}, {}  # name -> job, and how many updates one run of it makes
     for block in (512, 64):
-        result[f"hop_us_block{block}"] = _stream_cost(audio, block, repeats) * 1e6
+        jobs[f"hop_us_block{block}"], per_job[f"hop_us_block{block}"] = _streaming(audio, block)
     for frames in (41, 101):
         frontend = Frontend(SPEC)
         frontend.push(audio)
-        reads = 200 if quick else 5000
-        result[f"window_read_us_{frames}"] = _best_of(lambda: _repeat(frontend.window, frames, reads),
-                                                     repeats) / reads * 1e6
-        update_us = result["hop_us_block512"] + result[f"window_read_us_{frames}"]
-        result[f"update_us_{frames}"] = update_us
+        reads = 200 if quick else 1000
+        jobs[f"window_read_us_{frames}"], per_job[f"window_read_us_{frames}"] = _repeat(frontend.window, frames, reads), reads
         history = audio[: (frames + 20) * SPEC.hop_length + SPEC.n_fft]
-        calls = 5 if quick else 200
+        calls = 5 if quick else 20
         for name, make in (("torchaudio", _torchaudio_recompute), ("librosa", _librosa_recompute)):
             update = make(frames)
             update(history)
-            cost = _best_of(lambda: _repeat(update, history, calls), repeats) / calls * 1e6
-            result[f"{name}_recompute_us_{frames}"] = cost
-            result[f"{name}_ratio_{frames}"] = cost / update_us
+            key = f"{name}_recompute_us_{frames}"
+            jobs[key], per_job[key] = _repeat(update, history, calls), calls
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):  # librosa's matrix products would spin numpy's second BLAS thread
+        best = _interleaved_minimum(jobs, rounds)
+    result: dict = {"spec": SPEC.to_dict(), "audio_seconds": seconds, "rounds": rounds}
+    result.update({key: best[key] / per_job[key] * 1e6 for key in jobs})
+    for frames in (41, 101):
+        update_us = result["hop_us_block512"] + result[f"window_read_us_{frames}"]
+        result[f"update_us_{frames}"] = update_us
+        for name in ("torchaudio", "librosa"):
+            result[f"{name}_ratio_{frames}"] = result[f"{name}_recompute_us_{frames}"] / update_us
     return result
 
 

@@ -62,7 +62,7 @@ class FeatureSpec:
         need(isinstance(self.n_mels, int) and 1 <= self.n_mels <= self.n_fft // 2 + 1, f"n_mels must be an int in 1..n_fft/2+1, got {self.n_mels!r}")
         need(self.mel_scale == "slaney" and self.mel_norm == "slaney", "only the Slaney mel scale with Slaney normalisation is supported")
         need(0.0 <= self.fmin < self.fmax_hz <= self.sample_rate / 2, f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax_hz}")
-        need(self.amin > 0, f"amin must be positive, got {self.amin!r}")
+        need(1e-300 <= self.amin < float("inf"), f"amin must be a finite power floor of at least 1e-300, got {self.amin!r}")
         need(self.delta == CAUSAL_DELTA, f"delta must be {CAUSAL_DELTA!r}, got {self.delta!r}")
 
     @property

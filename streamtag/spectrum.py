@@ -147,11 +147,15 @@ def _load4(xr, xi, j, q):
 
 
 @numba.njit(**_JIT)
-def _load4_real(x, j, q):
-    """``_load4`` of ``z[m] = x[2m] + i x[2m+1]``, read straight from the real frame."""
+def _load4_real(x, window, j, q):
+    """``_load4`` of ``z[m] = x[2m] + i x[2m+1]``, read straight from the real frame,
+    times ``window`` unless it is None (numba compiles the check away)."""
     i0 = uint64(2 * j); i1 = uint64(2 * (j + q)); i2 = uint64(2 * (j + 2 * q)); i3 = uint64(2 * (j + 3 * q))
     one = uint64(1)
-    return (x[i0], x[i0 + one], x[i1], x[i1 + one], x[i2], x[i2 + one], x[i3], x[i3 + one])
+    if window is None:
+        return (x[i0], x[i0 + one], x[i1], x[i1 + one], x[i2], x[i2 + one], x[i3], x[i3 + one])
+    return (x[i0] * window[i0], x[i0 + one] * window[i0 + one], x[i1] * window[i1], x[i1 + one] * window[i1 + one],
+            x[i2] * window[i2], x[i2 + one] * window[i2 + one], x[i3] * window[i3], x[i3 + one] * window[i3 + one])
 
 
 @numba.njit(**_JIT)
@@ -196,11 +200,11 @@ def _store8(yr, yi, j, v):
 
 
 @numba.njit(**_JIT)
-def _first_pass(x, tw, yr, yi):
-    """Radix-4 pass reading the real frame as ``M`` complex values."""
+def _first_pass(x, window, tw, yr, yi):
+    """Radix-4 pass reading the (windowed) real frame as ``M`` complex values."""
     q = yr.shape[0] // 4
     for j in range(q):
-        _store4(yr, yi, j, _twiddle4(_dft4(_load4_real(x, j, q)), tw, j))
+        _store4(yr, yi, j, _twiddle4(_dft4(_load4_real(x, window, j, q)), tw, j))
 
 
 @numba.njit(**_JIT)
@@ -225,10 +229,14 @@ def _radix8_last(xr, xi, yr, yi):
 
 
 @numba.njit(**_JIT)
-def _deinterleave(x, zr, zi):
+def _deinterleave(x, window, zr, zi):
     for j in range(zr.shape[0]):
-        zr[j] = x[uint64(2 * j)]
-        zi[j] = x[uint64(2 * j + 1)]
+        if window is None:
+            zr[j] = x[uint64(2 * j)]
+            zi[j] = x[uint64(2 * j + 1)]
+        else:
+            zr[j] = x[uint64(2 * j)] * window[uint64(2 * j)]
+            zi[j] = x[uint64(2 * j + 1)] * window[uint64(2 * j + 1)]
 
 
 @numba.njit(**_JIT)
@@ -259,22 +267,24 @@ def _post(zr, zi, post_twiddles, gather, powers, out):
 
 
 @numba.njit(**_JIT)
-def power_spectrum(frame, out, plan):
-    """Write ``|rfft(frame)|**2`` (``n_fft // 2 + 1`` values) into ``out``.
+def power_spectrum(frame, out, plan, window=None):
+    """Write ``|rfft(frame * window)|**2`` (``n_fft // 2 + 1`` values) into ``out``.
 
-    ``frame`` holds ``n_fft`` real samples and ``plan`` comes from ``make_plan(n_fft)``.
-    Equals ``np.abs(np.fft.rfft(frame)) ** 2`` to float64 rounding.
+    ``frame`` holds ``n_fft`` real samples and ``plan`` comes from ``make_plan(n_fft)``;
+    ``window``, if given, holds ``n_fft`` weights applied as the frame is read, which
+    saves a pass over a windowed copy. Equals ``np.abs(np.fft.rfft(frame * window)) ** 2``
+    to float64 rounding.
     """
     work = plan.work
     m = work.shape[1]
-    if frame.shape[0] != 2 * m or out.shape[0] != m + 1:
-        raise ValueError("power_spectrum: frame needs the plan's n_fft samples and out n_fft // 2 + 1 values")
+    if frame.shape[0] != 2 * m or out.shape[0] != m + 1 or (window is not None and window.shape[0] != 2 * m):
+        raise ValueError("power_spectrum: frame and window need the plan's n_fft samples and out n_fft // 2 + 1 values")
     tw = plan.twiddles
     ar = work[0]; ai = work[1]; br = work[2]; bi = work[3]
     if tw.shape[0] == 0:  # n_fft = 16: the radix-8 pass below is the whole transform
-        _deinterleave(frame, ar, ai)
+        _deinterleave(frame, window, ar, ai)
     else:
-        _first_pass(frame, tw[0], ar, ai)
+        _first_pass(frame, window, tw[0], ar, ai)
         for t in range(1, tw.shape[0]):
             _radix4_pass(ar, ai, tw[t], br, bi)
             ar, br = br, ar

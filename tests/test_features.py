@@ -46,7 +46,7 @@ def test_spec_is_frozen_and_round_trips_through_json():
 @pytest.mark.parametrize("bad", [
     dict(sample_rate=0), dict(n_fft=8), dict(n_fft=1000), dict(n_fft=16384), dict(hop_length=0), dict(hop_length=2048), dict(n_mels=0),
     dict(fmin=-1.0), dict(fmax=20000.0), dict(fmin=5000.0, fmax=4000.0), dict(window="hamming"),
-    dict(mel_scale="htk"), dict(amin=0.0), dict(delta="centred"),
+    dict(mel_scale="htk"), dict(amin=0.0), dict(amin=1e-320), dict(amin=float("nan")), dict(delta="centred"),
 ])
 def test_invalid_spec_values_raise_spec_error(bad):
     with pytest.raises(SpecError, match="invalid FeatureSpec|only the Slaney"):

@@ -50,6 +50,20 @@ def test_frames_are_emitted_as_soon_as_their_last_sample_arrives():
     assert frontend.samples_pending == SPEC.n_fft - SPEC.hop_length
 
 
+def test_decibels_match_log10_across_the_float64_range():
+    from streamtag.frontend import _to_db
+
+    rng = np.random.default_rng(3)
+    energy = np.concatenate([np.exp(rng.uniform(np.log(1e-300), np.log(1e300), 100_000)),
+                             [1.0, 2.0, 0.5, np.sqrt(2), np.nextafter(np.sqrt(2), 2), SPEC.amin, 1e-30, 1e30]])
+    out = np.empty_like(energy)
+    _to_db(energy, np.empty_like(energy), out)
+    np.testing.assert_allclose(out, 10 * np.log10(energy), rtol=0, atol=1e-9)
+    special = np.array([np.nan, np.inf, 1.0])
+    _to_db(special, np.empty(3), out[:3])
+    np.testing.assert_array_equal(out[:3], [np.nan, np.inf, 0.0])
+
+
 def test_float64_and_int_like_input_is_accepted_as_float32():
     np.testing.assert_array_equal(Frontend(SPEC).push(AUDIO.astype(np.float64)), BATCH)
 
