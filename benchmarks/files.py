@@ -1,7 +1,8 @@
 """Files: real-time factor and peak memory of ``streamtag tag`` on an hour of audio.
 
 Each figure is a whole process, as a user runs it: ``python -m streamtag tag
-FILE --model M -o events.jsonl`` with default settings, start-up (imports,
+FILE -o events.jsonl`` with default settings (the bundled default model at its
+default hop; one row adds ``--hop 20``), start-up (imports,
 numba's cached kernel, loading the model) included, timed from launch to exit;
 peak memory is the child's maximum resident set size (``wait4``). The input is
 an hour of looped street scene as a 16-bit WAV at the model's 22.05 kHz, and
@@ -32,10 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import REPO
-from benchmarks.workload import DEFAULT_HOP, FRAMES, SPEC, model_file, write_street
+from benchmarks.workload import DEFAULT_HOP, FRAMES, SPEC, write_street
+from streamtag.modelfile import DEFAULT_MODEL, read_metadata
 from streamtag.features import DELTA_TAPS
 
 START_SECONDS = 1.0  # a file this short measures start-up alone
+WIDE_HOP = 20  # a coarser hop than the default model's, for comparison
 
 
 def recompute_scores(path, model_path, hop: int = DEFAULT_HOP):
@@ -104,17 +107,17 @@ def run_process(cmd: list[str], folder: Path) -> dict:
             "stdout": stdout}
 
 
-def _tag(wav: Path, model: Path, folder: Path) -> dict:
+def _tag(wav: Path, folder: Path, *options: str) -> dict:
     out = folder / "events.jsonl"
-    result = run_process([sys.executable, "-m", "streamtag", "tag", str(wav), "--model", str(model), "-o", str(out)],
-                         folder)
+    result = run_process([sys.executable, "-m", "streamtag", "tag", str(wav), "-o", str(out), *options], folder)
     result["events"] = sum(1 for _ in open(out, encoding="utf-8"))
     del result["stdout"]  # the events went to the file
     return result
 
 
-def _baseline(wav: Path, model: Path, folder: Path) -> dict:
-    result = run_process([sys.executable, "-m", "benchmarks.files", "--baseline", str(wav), str(model)], folder)
+def _baseline(wav: Path, folder: Path, hop: int) -> dict:
+    result = run_process([sys.executable, "-m", "benchmarks.files", "--baseline", str(wav), str(DEFAULT_MODEL),
+                          str(hop)], folder)
     result["windows"] = json.loads(result.pop("stdout"))["windows"]
     return result
 
@@ -124,23 +127,25 @@ def run(quick: bool = False, progress=None) -> dict:
     The quick run skips the start-up and 44.1 kHz runs, which only repeat the same code."""
     seconds = 20.0 if quick else 3600.0
     rate = SPEC.sample_rate
-    runs = [("streamtag tag", seconds, rate, _tag), ("torchaudio recompute, batch 1", seconds, rate, _baseline)]
+    hop = read_metadata(DEFAULT_MODEL)["hop_frames"]
+    runs = [("streamtag tag", seconds, rate, _tag, ()),
+            ("torchaudio recompute, batch 1", seconds, rate, _baseline, (hop,))]
     if not quick:
-        runs += [("streamtag tag", seconds, 44100, _tag), ("start-up alone: streamtag tag", START_SECONDS, rate, _tag)]
-    result: dict = {"audio_seconds": seconds, "hop": DEFAULT_HOP, "frames": FRAMES, "threads": 1,
-                    "rows": []}
+        runs += [("streamtag tag", seconds, 44100, _tag, ()),
+                 (f"streamtag tag --hop {WIDE_HOP}", seconds, rate, _tag, ("--hop", str(WIDE_HOP))),
+                 ("start-up alone: streamtag tag", START_SECONDS, rate, _tag, ())]
+    result: dict = {"audio_seconds": seconds, "hop": hop, "frames": FRAMES, "threads": 1, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = model_file(folder, 1500)
         wavs: dict[tuple[float, int], Path] = {}
-        for i, (name, length, rate, fn) in enumerate(runs):
+        for i, (name, length, rate, fn, args) in enumerate(runs):
             if progress is not None:
                 progress(name, i, len(runs))
             if (length, rate) not in wavs:
                 wavs[length, rate] = write_street(folder / f"street-{length:g}s-{rate}.wav", length, rate)
             wav = wavs[length, rate]
             row = {"name": f"{name}, {length:g} s at {rate / 1000:g} kHz", "rate": rate, "audio_seconds": length,
-                   **fn(wav, model, folder)}
+                   **fn(wav, folder, *args)}
             row["rtf"] = length / row["wall_s"]
             result["rows"].append(row)
     tag, baseline = result["rows"][0], result["rows"][1]
@@ -167,11 +172,12 @@ def table(result: dict):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    parser.add_argument("--baseline", nargs=2, metavar=("WAV", "MODEL"),
-                        help="(internal) run the baseline on WAV with MODEL and print its window count")
+    parser.add_argument("--baseline", nargs=3, metavar=("WAV", "MODEL", "HOP"),
+                        help="(internal) run the baseline on WAV with MODEL every HOP frames and print its window count")
     args = parser.parse_args(argv)
     if args.baseline:
-        ends, _ = recompute_scores(*args.baseline)
+        wav, model, hop = args.baseline
+        ends, _ = recompute_scores(wav, model, int(hop))
         print(json.dumps({"windows": len(ends)}))
         return
     from rich.console import Console

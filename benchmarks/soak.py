@@ -2,10 +2,13 @@
 
 A fresh process (so nothing else the benchmarks loaded counts) runs the live
 path of ``streamtag tag --mic``, engine with its default settings and the
-model's default hop, fed by a :class:`~benchmarks.workload.LoopedSource` at
+bundled default model at its default hop, fed by a :class:`~benchmarks.workload.LoopedSource` at
 ``SPEED`` times real time, with one torch thread as live use runs. Every
 ``EVERY`` seconds of audio it samples its own resident memory. Peak memory
-is the process's maximum resident set size (``wait4``), start-up included.
+is the process's maximum resident set size (``wait4``), start-up included;
+beside it, the peaks of processes that only import torch (the pinned PyPI
+wheel is the CUDA build, which maps its CUDA libraries even on a CPU) and then
+load the frontend's compiled kernel (numba's LLVM), which set a floor under it.
 
 Memory is flat when, after the first ``WARMUP`` of the audio (allocations that
 happen once), the median of the last quarter of samples exceeds that of the
@@ -27,13 +30,19 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.files import run_process
-from benchmarks.workload import SPEC, LoopedSource, model_file, scene
+from benchmarks.workload import SPEC, LoopedSource, scene
+from streamtag.modelfile import DEFAULT_MODEL
 
 SPEED = 30.0  # an hour of audio in two minutes, with room to keep up on a busy 2-core machine
 EVERY = 30.0  # seconds of audio between memory samples
 WARMUP = 0.1
 FLAT_MB = 20.0
 THREADS = 1
+# What the peak is made of: processes that stop after start-up steps of the live path.
+FLOORS = {
+    "import torch": "import torch",
+    "import torch, load the frontend kernel": "import torch\nfrom streamtag.frontend import Frontend\nFrontend()",
+}
 
 
 def _child(model_path: str, seconds: float, speed: float, every: float) -> dict:
@@ -75,10 +84,11 @@ def run(quick: bool = False, progress=None) -> dict:
         progress(f"{seconds / 60:g} min of audio at {speed:g}x real time", 0, 1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = model_file(folder, 1500)
-        done = run_process([sys.executable, "-m", "benchmarks.soak", "--child", str(model), str(seconds), str(speed),
-                            str(every)], folder)
+        done = run_process([sys.executable, "-m", "benchmarks.soak", "--child", str(DEFAULT_MODEL), str(seconds),
+                            str(speed), str(every)], folder)
+        floors = {name: run_process([sys.executable, "-c", code], folder)["peak_mb"] for name, code in FLOORS.items()}
     result = json.loads(done["stdout"])
+    result["floors_mb"] = floors
     rss = [mb for _, mb in result["samples"]]
     result.update(audio_seconds=seconds, speed=speed, threads=THREADS, process_wall_s=done["wall_s"],
                   peak_mb=done["peak_mb"], start_mb=rss[0], end_mb=rss[-1], growth_mb=growth(result["samples"]))
@@ -99,6 +109,8 @@ def table(result: dict):
     t.add_row("resident memory at the end (MB)", f"{result['end_mb']:.0f}")
     t.add_row("  of which private to the process (USS, MB; the rest is shared libraries)", f"{result['uss_mb']:.0f}")
     t.add_row("peak resident memory, start-up included (MB)", f"{result['peak_mb']:.0f}")
+    for name, mb in result["floors_mb"].items():
+        t.add_row(f"  for comparison, peak of a process that only does: {name} (MB)", f"{mb:.0f}")
     t.add_row(f"growth after the first {WARMUP:.0%}, last vs first quarter (MB)", f"{result['growth_mb']:+.1f}")
     t.add_row(f"flat (growth at most {FLAT_MB:g} MB)", "yes" if result["flat"] else "NO")
     return t

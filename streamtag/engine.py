@@ -149,6 +149,9 @@ class Engine:
                  hysteresis: float = 0.1, min_duration: float = 0.25, ring_seconds: float = 10.0,
                  read_seconds: float = 4.0, history_frames: int = 101):
         self.model = model
+        # a TaggerModel scores overlapping windows of a stretch of frames sharing its first layer;
+        # any other object with predict(windows) works too
+        self._predict_span = getattr(model, "predict_span", None)
         self.spec = model.spec
         self.classes = list(model.classes)
         self.window_frames = int(model.window_frames)
@@ -342,11 +345,13 @@ class Engine:
         if not len(ends):
             return
         self._next_end = int(ends[-1]) + self.hop_frames
-        starts = ends - keep
-        view = np.lib.stride_tricks.sliding_window_view(span, self.window_frames, axis=0)
-        windows = np.ascontiguousarray(view[starts - base])  # (n, 2, n_mels, window_frames)
+        starts = ends - keep - base  # in span
         t1 = time.perf_counter()
-        scores = self.model.predict(windows)
+        if self._predict_span is not None:
+            scores = self._predict_span(span, starts)
+        else:
+            view = np.lib.stride_tricks.sliding_window_view(span, self.window_frames, axis=0)
+            scores = self.model.predict(np.ascontiguousarray(view[starts]))  # (n, 2, n_mels, window_frames)
         done = time.perf_counter()
         self.latency["model"].add(done - t1)
         self._score(ends, scores, done)

@@ -84,6 +84,9 @@ def test_files_and_soak_measure_whole_processes(quick):
         assert row["peak_mb"] > 50 and row["wall_s"] > 0  # torch alone takes more than 50 MB
     assert soak["windows"] > 0 and len(soak["samples"]) >= 3
     assert soak["peak_mb"] >= max(mb for _, mb in soak["samples"]) * 0.99
+    floors = soak["floors_mb"]
+    assert 50 < floors["import torch"] <= floors["import torch, load the frontend kernel"] * 1.05
+    assert floors["import torch, load the frontend kernel"] <= soak["peak_mb"] * 1.05  # the live path does both
     gpu_figures = records["gpu"]["figures"]
     assert "skipped" in gpu_figures or len(gpu_figures["variants"]) == 8
 

@@ -178,6 +178,72 @@ def test_predict_batches_and_validates(random_model_file):
         model.predict(bad)
 
 
+def _stretch(frames: int, seed: int = 0) -> np.ndarray:
+    """A stretch of frames ``(T, 2, 60)`` as the frontend emits them."""
+    return _windows(1, frames, seed)[0].transpose(2, 0, 1).copy()
+
+
+@pytest.mark.parametrize("frames", [41, 101])
+def test_stem_then_classify_is_the_network(frames):
+    torch.manual_seed(0)
+    net = _trained_looking(PiczakCNN(10, frames=frames, dense=32))
+    x = torch.from_numpy(_windows(3, frames))
+    with torch.no_grad():
+        columns = net.stem(x)
+        assert columns.shape == (3, 80, 4, frames - 5)
+        assert torch.equal(net.classify(columns), net(x))
+        # a column depends on its 6 frames only: the stem of a longer stretch holds every window's columns
+        long = torch.from_numpy(_windows(1, frames + 30, seed=4))
+        torch.testing.assert_close(net.stem(long)[..., 17:17 + frames - 5], net.stem(long[..., 17:17 + frames]),
+                                   rtol=0, atol=1e-5)
+
+
+def test_predict_span_equals_predict_on_the_windows(tmp_path):
+    torch.manual_seed(0)
+    net = _trained_looking(PiczakCNN(10, dense=48))
+    model = load_model(_save(tmp_path, net), device="cpu")
+    frames = _stretch(300)
+    view = np.lib.stride_tricks.sliding_window_view(frames, 41, axis=0)
+    for starts in (np.arange(0, 260, 4), np.arange(0, 260, 1), np.array([5, 9, 100, 101, 250]), np.array([7]),
+                   np.array([0, 259])):
+        expected = model.predict(np.ascontiguousarray(view[starts]))
+        np.testing.assert_allclose(model.predict_span(frames, starts), expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(model.predict_span(frames, starts, batch_size=3), expected, rtol=0, atol=1e-6)
+    assert model.predict_span(frames, np.array([], dtype=np.int64)).shape == (0, 10)
+    with pytest.raises(ModelError, match="window starts"):
+        model.predict_span(frames, np.array([260]))
+    with pytest.raises(ModelError, match="frames of shape"):
+        model.predict_span(frames[:, :, :50], np.array([0]))
+    bad = frames.copy()
+    bad[40, 1, 3] = np.inf
+    with pytest.raises(ModelError, match="NaN"):
+        model.predict_span(bad, np.array([0]))
+
+
+def test_predict_span_on_a_file_without_the_stem_scores_window_by_window(tmp_path):
+    """Model files saved before the stem was exported hold ``forward`` only."""
+    from streamtag.modelfile import METADATA_NAME
+
+    class ForwardOnly(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.probabilities(self.net(x))
+
+    torch.manual_seed(0)
+    net = _trained_looking(PiczakCNN(10, dense=48))
+    metadata = json.dumps(read_metadata(_save(tmp_path, net)))
+    old = tmp_path / "old.pt"
+    torch.jit.save(torch.jit.script(ForwardOnly(net)), str(old), _extra_files={METADATA_NAME: metadata})
+    model = load_model(old, device="cpu")
+    assert not hasattr(model.module, "classify")
+    frames, starts = _stretch(120), np.arange(0, 80, 4)
+    view = np.lib.stride_tricks.sliding_window_view(frames, 41, axis=0)
+    np.testing.assert_allclose(model.predict_span(frames, starts), _eager_probs(net, view[starts]), atol=1e-6)
+
+
 def test_random_model_fixture_is_as_documented(random_model_file):
     meta = read_metadata(random_model_file)
     assert meta["classes"] == US8K_CLASSES and meta["thresholds"] == [0.5] * 10
