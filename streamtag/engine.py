@@ -361,11 +361,12 @@ class Engine:
         t0 = self._stretch_start / rate  # input seconds where the stretch begins
         sr = spec.sample_rate
         half_hop = self.hop_seconds / 2
-        for t, p in zip(ends.tolist(), scores):
-            first = (t - self.window_frames + 1) * spec.hop_length  # model-rate samples of the stretch
+        stops = ends * spec.hop_length + spec.n_fft  # model-rate samples of the stretch
+        last_inputs = self._stretch_start + (stops * rate + sr - 1) // sr - 1  # ceil, in integers
+        arrivals = self._ring.arrival_times(last_inputs).tolist()
+        for t, p, arrival in zip(ends.tolist(), scores, arrivals):
+            first = (t - self.window_frames + 1) * spec.hop_length
             stop = t * spec.hop_length + spec.n_fft
-            last_input = self._stretch_start + math.ceil(stop * rate / sr) - 1
-            arrival = self._ring.arrival_time(last_input)
             smoothed, centre = self.smoother.push(p, t0 + (first + stop) / 2 / sr)
             window = WindowScores(self._windows, t0 + first / sr, t0 + stop / sr, p, smoothed, arrival, done)
             self.latency["end_to_end"].add(done - arrival)

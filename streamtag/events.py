@@ -59,11 +59,20 @@ class Smoother:
     def reset(self) -> None:
         self._scores: deque[np.ndarray] = deque(maxlen=self.k)
         self._times: deque[float] = deque(maxlen=self.k)
+        self._sum = np.zeros(self.n_classes)  # running sums of what the deques hold: O(1) per window
+        self._time_sum = 0.0
 
     def push(self, scores: np.ndarray, centre: float) -> tuple[np.ndarray, float]:
-        self._scores.append(np.asarray(scores, dtype=np.float32))
+        scores = np.asarray(scores, dtype=np.float64)
+        if len(self._scores) == self.k:
+            self._sum -= self._scores[0]
+            self._time_sum -= self._times[0]
+        self._scores.append(scores)
         self._times.append(centre)
-        return np.mean(self._scores, axis=0, dtype=np.float64).astype(np.float32), float(np.mean(self._times))
+        self._sum += scores
+        self._time_sum += centre
+        n = len(self._scores)
+        return (np.maximum(self._sum, 0.0) / n).astype(np.float32), self._time_sum / n  # no -1e-17 from rounding
 
 
 class EventTracker:

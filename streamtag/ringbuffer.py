@@ -184,12 +184,17 @@ class RingBuffer:
         """Fraction of the buffer holding unread frames (1.0: the next write drops audio)."""
         return min(self._written - self._read, self.capacity) / self.capacity
 
-    def arrival_time(self, position: int) -> float:
-        """``perf_counter()`` time at which the frame at ``position`` was written
-        (of the oldest remembered write, if that one is long forgotten)."""
-        count = min(self._marks, _MARKS)
-        ends, times = self._mark_end[:count], self._mark_time[:count]
-        after = ends > position
-        if not after.any():
-            return float(times[np.argmax(ends)]) if count else time.perf_counter()
-        return float(times[after][np.argmin(ends[after])])
+    def arrival_times(self, positions) -> np.ndarray:
+        """``perf_counter()`` times at which the frames at ``positions`` were
+        written: each that of the write that brought it, or of the oldest
+        remembered write if that one is forgotten, or of the newest if the
+        frame has not arrived yet."""
+        positions = np.asarray(positions, dtype=np.int64)
+        marks = self._marks
+        count = min(marks, _MARKS)
+        if count == 0:
+            return np.full(positions.shape, time.perf_counter())
+        order = (np.arange(count) + (marks % _MARKS if marks > _MARKS else 0)) % _MARKS  # oldest write first
+        ends = self._mark_end[order]  # ascending: each write ends where the next begins
+        first_after = np.searchsorted(ends, positions, side="right")  # the write whose frames hold position
+        return self._mark_time[order[np.minimum(first_after, count - 1)]]

@@ -198,6 +198,21 @@ def test_stem_then_classify_is_the_network(frames):
                                    rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [41, 101])
+def test_first_pooling_is_piczaks_max_pool(frames):
+    from streamtag.model import POOL1
+
+    torch.manual_seed(0)
+    net = PiczakCNN(10, frames=frames, dense=32).eval()
+    columns = torch.randn(5, 80, 4, frames - 5)
+    pooled = torch.nn.MaxPool2d(*POOL1)(columns)
+    seen = []
+    net.conv2.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        net.classify(columns)
+    assert torch.equal(seen[0], pooled)
+
+
 def test_predict_span_equals_predict_on_the_windows(tmp_path):
     torch.manual_seed(0)
     net = _trained_looking(PiczakCNN(10, dense=48))

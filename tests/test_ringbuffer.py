@@ -168,9 +168,21 @@ def test_arrival_time_is_the_write_that_brought_the_frame():
     ring.write_nowait(positions(0, 10))
     time.sleep(0.01)
     ring.write_nowait(positions(10, 10))
-    first, second = ring.arrival_time(9), ring.arrival_time(10)
+    first, second = ring.arrival_times([9, 10])
     assert second - first >= 0.009
-    assert ring.arrival_time(0) == first and ring.arrival_time(19) == second
+    np.testing.assert_array_equal(ring.arrival_times([0, 5, 19, 25]), [first, first, second, second])
+    assert ring.arrival_times(np.empty(0, dtype=np.int64)).shape == (0,)
+
+
+def test_arrival_times_after_many_writes_remember_the_newest():
+    ring = RingBuffer(100)
+    for start in range(0, 3000, 2):  # more writes than are remembered
+        ring.write_nowait(positions(start % 100, 2))
+        ring.read(np.empty((2, 1), dtype=np.float32))
+    times = ring.arrival_times([0, 500, 2990, 2998, 2999, 5000])
+    assert times[0] == times[1]  # both forgotten: the oldest remembered write
+    assert times[1] < times[2] <= times[3]
+    assert times[3] == times[4] == times[5]  # the newest write, and a frame yet to come
 
 
 def test_bad_arguments():
