@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import REPO
-from benchmarks.workload import DEFAULT_HOP, FRAMES, SPEC, write_street
+from benchmarks.workload import DEFAULT_HOP, SPEC, write_street
 from streamtag.modelfile import DEFAULT_MODEL, read_metadata
 from streamtag.features import DELTA_TAPS
 
@@ -43,20 +43,21 @@ WIDE_HOP = 20  # a coarser hop than the default model's, for comparison
 
 def recompute_scores(path, model_path, hop: int = DEFAULT_HOP):
     """The baseline: (window end frames, probabilities) for every window of
-    ``FRAMES`` frames every ``hop`` frames whose delta has full history,
+    the model's window length every ``hop`` frames whose delta has full history,
     recomputed from the samples of each window."""
     import soundfile as sf
     import torch
 
     from benchmarks.frontend import _torchaudio_recompute
 
-    features = _torchaudio_recompute(FRAMES)  # and one torch thread, as streamtag tag runs by default
+    frames = read_metadata(model_path)["window_frames"]
+    features = _torchaudio_recompute(frames)  # and one torch thread, as streamtag tag runs by default
     with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.11, and still what the file holds
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         module = torch.jit.load(str(model_path), map_location="cpu").eval()
-    need = (FRAMES + 2 * DELTA_TAPS - 1) * SPEC.hop_length + SPEC.n_fft  # samples one window's features read
+    need = (frames + 2 * DELTA_TAPS - 1) * SPEC.hop_length + SPEC.n_fft  # samples one window's features read
     ends, scores = [], []
-    t = FRAMES - 1  # end frame of the next window, as the engine counts them
+    t = frames - 1  # end frame of the next window, as the engine counts them
     tail = np.zeros(0, dtype=np.float32)
     base = 0  # input sample index of tail[0]
     with sf.SoundFile(str(path)) as f, torch.inference_mode():
@@ -127,14 +128,15 @@ def run(quick: bool = False, progress=None) -> dict:
     The quick run skips the start-up and 44.1 kHz runs, which only repeat the same code."""
     seconds = 20.0 if quick else 3600.0
     rate = SPEC.sample_rate
-    hop = read_metadata(DEFAULT_MODEL)["hop_frames"]
+    metadata = read_metadata(DEFAULT_MODEL)
+    hop, frames = metadata["hop_frames"], metadata["window_frames"]
     runs = [("streamtag tag", seconds, rate, _tag, ()),
             ("torchaudio recompute, batch 1", seconds, rate, _baseline, (hop,))]
     if not quick:
         runs += [("streamtag tag", seconds, 44100, _tag, ()),
                  (f"streamtag tag --hop {WIDE_HOP}", seconds, rate, _tag, ("--hop", str(WIDE_HOP))),
                  ("start-up alone: streamtag tag", START_SECONDS, rate, _tag, ())]
-    result: dict = {"audio_seconds": seconds, "hop": hop, "frames": FRAMES, "threads": 1, "rows": []}
+    result: dict = {"audio_seconds": seconds, "hop": hop, "frames": frames, "threads": 1, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         wavs: dict[tuple[float, int], Path] = {}

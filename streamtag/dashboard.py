@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 import time
 from itertools import groupby
 from typing import Callable
@@ -448,10 +449,24 @@ def show(engine: Engine, source: Source, setup: Setup, console: Console, *, on_w
     dashboard = Dashboard(engine.snapshot, setup, log)
     switch = sys.getswitchinterval()
     sys.setswitchinterval(GIL_SWITCH)
+    done = threading.Event()
+
+    def redraw(live: Live) -> None:
+        while not done.wait(1.0 / refresh_per_second):
+            live.refresh()
+
     try:
-        with Live(dashboard, console=console, screen=True, refresh_per_second=refresh_per_second,
-                  redirect_stdout=False, redirect_stderr=False):
-            summary = engine.run(source, on_window=on_window, on_event=events, max_seconds=max_seconds)
+        # our own drawing thread rather than rich's auto-refresh, whose thread Live.stop() does not join: one
+        # still drawing when the process exits dies in the middle of numpy's C++ and aborts the process
+        with Live(dashboard, console=console, screen=True, auto_refresh=False, redirect_stdout=False,
+                  redirect_stderr=False) as live:
+            drawer = threading.Thread(target=redraw, args=(live,), name="streamtag-dashboard", daemon=True)
+            drawer.start()
+            try:
+                summary = engine.run(source, on_window=on_window, on_event=events, max_seconds=max_seconds)
+            finally:
+                done.set()
+                drawer.join()
     finally:
         sys.setswitchinterval(switch)
     return summary, log

@@ -23,7 +23,7 @@ def test_default_model_is_packaged_small_and_reproducible():
     assert DEFAULT_MODEL.stat().st_size <= 15 * 2 ** 20
     model = load_model(device="cpu")
     assert model.classes == US8K_CLASSES
-    assert model.head == "multilabel" and model.hop_frames == 4 and model.window_frames == 41
+    assert model.head == "multilabel" and model.hop_frames == 4 and model.window_frames == 101
     provenance = model.provenance
     assert provenance["command"].startswith("python -m train multilabel") and "--all" in provenance["command"]
     assert provenance["folds"] == [1, 2] and "UrbanSound8K" in provenance["dataset"]

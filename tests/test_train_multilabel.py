@@ -20,7 +20,7 @@ from train.datasets import read_us8k
 from train.loop import Recipe
 from train.multilabel import ExampleSource, Overlays, clip_set, render, study
 from train.multilabel_metrics import average_precision, clip_means, per_class, set_scores, tune_thresholds
-from train.multilabel_report import write_study
+from train.multilabel_report import compare_studies, write_study
 from train.overlay import Overlay, mix
 from train.segments import SILENCE_DB, window_starts
 
@@ -138,6 +138,16 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "ml.csv").read_text().splitlines()) == 1 + 2 * 3
     assert json.loads((tmp_path / "ml.json").read_text())["results"][1]["map"] == r["map"]
+    # two seeds of the same recipe compare as one row: mean and range
+    report = json.loads((tmp_path / "ml.json").read_text())
+    for seed, scale in ((1, 1.0), (2, 0.5)):
+        report["config"] = {"window": "short", "dense": 32, "seed": seed}
+        report["results"][1]["map"] = r["map"] * scale
+        (tmp_path / f"seed{seed}.json").write_text(json.dumps(report))
+    table = compare_studies([tmp_path / "seed2.json", tmp_path / "seed1.json"]).splitlines()
+    assert len(table) == 3 and table[2].startswith("| short | 32 | ")
+    cells = table[2].split(" | ")
+    assert cells[3] == "1, 2" and cells[-1] == f"{75 * r['map']:.1f} ({50 * r['map']:.1f}-{100 * r['map']:.1f}) |"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

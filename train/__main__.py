@@ -3,6 +3,7 @@
     python -m train cv /data/ESC-10 --dataset esc10 --window short --seeds 0 1 2 --out runs/esc10-short
     python -m train features /data/UrbanSound8K --dataset us8k
     python -m train compare runs/esc10-* -o results/esc10.md
+    python -m train compare results/default-model-cv*.json
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(run=_cmd_features)
 
-    p = sub.add_parser("compare", help="markdown table of several run folders")
+    p = sub.add_parser("compare", help="markdown table of several run folders, or of multilabel studies' JSON")
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, help="write the table here instead of standard output")
     p.set_defaults(run=_cmd_compare)
@@ -96,12 +97,20 @@ def _cmd_features(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from train.multilabel_report import compare_studies
     from train.report import compare
 
-    for run in args.runs:
-        if not (run / "summary.json").is_file():
-            raise SystemExit(f"python -m train: error: {run} is not a run folder (no summary.json)")
-    table = compare(args.runs)
+    if all(run.suffix == ".json" and run.is_file() for run in args.runs):  # multilabel studies
+        try:
+            table = compare_studies(args.runs)
+        except (ValueError, KeyError) as exc:
+            raise SystemExit(f"python -m train: error: not a multilabel study report: {exc}") from None
+    else:
+        for run in args.runs:
+            if not (run / "summary.json").is_file():
+                raise SystemExit(f"python -m train: error: {run} is not a run folder (no summary.json) "
+                                 "or a multilabel study's JSON")
+        table = compare(args.runs)
     if args.output:
         args.output.write_text(table)
     else:

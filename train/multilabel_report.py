@@ -169,3 +169,42 @@ def _plot(path: Path, results, inits, title) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# What compare_studies reports: (column, evaluation set, score), from the recipe's model of each study.
+_COMPARED = (("single: accuracy", "single", "all"), ("single: 2nd sound", "single", "extra"),
+             ("equal: both", "equal", "all"), ("equal: one", "equal", "one"), ("20 dB: both", "minus20", "all"))
+
+
+def compare_studies(paths, init: str = "pretrained") -> str:
+    """Markdown: multilabel studies (their ``PREFIX.json``) side by side, one row per
+    window length and dense width, as mean and range over the studies' seeds of the
+    fold-averaged scores of their ``init`` model; with the network's size, which
+    decides what can ship (the package holds at most 15 MB)."""
+    from streamtag.model import PiczakCNN
+
+    groups: dict[tuple[str, int], list[tuple[int, dict]]] = {}
+    for path in paths:
+        study = json.loads(Path(path).read_text())
+        runs = [r for r in study["results"] if r["init"] == init]
+        if not runs:
+            raise ValueError(f"{path} holds no {init!r} model")
+        config = study["config"]
+        scores = {name: float(np.mean([r["sets"][s][k] for r in runs])) for name, s, k in _COMPARED}
+        scores["mAP"] = float(np.mean([r["map"] for r in runs]))
+        groups.setdefault((config["window"], config["dense"]), []).append((config["seed"], scores))
+    columns = [name for name, _, _ in _COMPARED] + ["mAP"]
+    lines = ["| window | dense | weights (MB) | seeds | " + " | ".join(columns) + " |",
+             "|---|---:|---:|---|" + "---:|" * len(columns)]
+    for (window, dense), runs in sorted(groups.items()):
+        frames = 41 if window == "short" else 101
+        net = PiczakCNN(10, frames=frames, dense=dense)
+        megabytes = sum(p.numel() for p in net.parameters()) * 4 / 1e6
+        cells = []
+        for name in columns:
+            values = [100 * scores[name] for _, scores in runs]
+            spread = f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.1f}{spread}")
+        seeds = ", ".join(str(seed) for seed, _ in sorted(runs, key=lambda r: r[0]))
+        lines.append(f"| {window} | {dense} | {megabytes:.1f} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
