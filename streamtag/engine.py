@@ -364,9 +364,9 @@ class Engine:
         stops = ends * spec.hop_length + spec.n_fft  # model-rate samples of the stretch
         last_inputs = self._stretch_start + (stops * rate + sr - 1) // sr - 1  # ceil, in integers
         arrivals = self._ring.arrival_times(last_inputs).tolist()
-        for t, p, arrival in zip(ends.tolist(), scores, arrivals):
-            first = (t - self.window_frames + 1) * spec.hop_length
-            stop = t * spec.hop_length + spec.n_fft
+        window_samples = (self.window_frames - 1) * spec.hop_length + spec.n_fft
+        for stop, p, arrival in zip(stops.tolist(), scores, arrivals):
+            first = stop - window_samples
             smoothed, centre = self.smoother.push(p, t0 + (first + stop) / 2 / sr)
             window = WindowScores(self._windows, t0 + first / sr, t0 + stop / sr, p, smoothed, arrival, done)
             self.latency["end_to_end"].add(done - arrival)

@@ -151,6 +151,7 @@ class TaggerModel:
     def __init__(self, module: torch.jit.ScriptModule, metadata: dict, name: str, device: str):
         net = module.net
         self._normalization = (net.feature_mean.cpu().numpy(), net.feature_std.cpu().numpy())
+        self._shares_stem = all(hasattr(module, m) for m in _SPAN_METHODS)
         self.module = _for_inference(module, device)
         self.metadata = metadata
         self.name = name
@@ -209,9 +210,12 @@ class TaggerModel:
             raise ModelError(f"expected frames of shape (T, 2, {self.spec.n_mels}), got {frames.shape}")
         if starts.ndim != 1 or (len(starts) and (starts.min() < 0 or starts.max() + length > len(frames))):
             raise ModelError(f"window starts must lie in 0..{len(frames) - length} for {len(frames)} frames")
-        if not hasattr(self.module, "classify"):
-            view = np.lib.stride_tricks.sliding_window_view(frames, length, axis=0)
-            return self.predict(view[starts], batch_size)
+
+        def one_by_one(group: np.ndarray) -> np.ndarray:
+            return self.predict(np.lib.stride_tricks.sliding_window_view(frames, length, axis=0)[group], batch_size)
+
+        if not self._shares_stem:
+            return one_by_one(starts)
         if not np.isfinite(frames).all():
             raise ModelError("frames hold NaN or infinite values")
         out = np.empty((len(starts), len(self.classes)), dtype=np.float32)
@@ -221,8 +225,7 @@ class TaggerModel:
                 group = starts[i:i + batch_size]
                 first, stop = int(group.min()), int(group.max()) + length
                 if stop - first > len(group) * length:  # windows too far apart to share anything
-                    view = np.lib.stride_tricks.sliding_window_view(frames, length, axis=0)
-                    out[i:i + batch_size] = self.predict(view[group], batch_size)
+                    out[i:i + batch_size] = one_by_one(group)
                     continue
                 stretch = np.ascontiguousarray(frames[first:stop].transpose(1, 2, 0), dtype=np.float32)
                 columns = self.module.stem(torch.from_numpy(stretch)[None].to(self.device))[0]  # (80, 4, T - 5)
@@ -248,7 +251,7 @@ def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
     saved, the path the GPU benchmark and tests measure."""
     if device != "cpu":
         return module
-    methods = [m for m in _SPAN_METHODS if hasattr(module, m)]
+    methods = [m for m in _SPAN_METHODS if hasattr(module, m)]  # preserved through freezing
     with _torchscript():
         frozen = torch.jit.freeze(module.eval(), preserved_attrs=methods)
         return torch.jit.optimize_for_inference(frozen, other_methods=methods)

@@ -181,25 +181,28 @@ def compare_studies(paths, init: str = "pretrained") -> str:
     window length and dense width, as mean and range over the studies' seeds of the
     fold-averaged scores of their ``init`` model; with the network's size, which
     decides what can ship (the package holds at most 15 MB)."""
-    from streamtag.model import PiczakCNN
+    from streamtag.modelinfo import parameter_count
+    from train.segments import WINDOWS
 
     groups: dict[tuple[str, int], list[tuple[int, dict]]] = {}
+    n_classes: dict[tuple[str, int], int] = {}
     for path in paths:
         study = json.loads(Path(path).read_text())
-        runs = [r for r in study["results"] if r["init"] == init]
-        if not runs:
+        results = study["results"]
+        if not any(r["init"] == init for r in results):
             raise ValueError(f"{path} holds no {init!r} model")
         config = study["config"]
-        scores = {name: float(np.mean([r["sets"][s][k] for r in runs])) for name, s, k in _COMPARED}
-        scores["mAP"] = float(np.mean([r["map"] for r in runs]))
-        groups.setdefault((config["window"], config["dense"]), []).append((config["seed"], scores))
+        scores = {name: _mean(results, init, lambda r, s=s, k=k: r["sets"][s][k]) for name, s, k in _COMPARED}
+        scores["mAP"] = _mean(results, init, lambda r: r["map"])
+        key = (config["window"], config["dense"])
+        groups.setdefault(key, []).append((config["seed"], scores))
+        n_classes[key] = len(results[0]["ap"])
     columns = [name for name, _, _ in _COMPARED] + ["mAP"]
     lines = ["| window | dense | weights (MB) | seeds | " + " | ".join(columns) + " |",
              "|---|---:|---:|---|" + "---:|" * len(columns)]
     for (window, dense), runs in sorted(groups.items()):
-        frames = 41 if window == "short" else 101
-        net = PiczakCNN(10, frames=frames, dense=dense)
-        megabytes = sum(p.numel() for p in net.parameters()) * 4 / 1e6
+        architecture = {"n_classes": n_classes[window, dense], "frames": WINDOWS[window][0], "dense": dense}
+        megabytes = parameter_count(architecture) * 4 / 1e6
         cells = []
         for name in columns:
             values = [100 * scores[name] for _, scores in runs]
