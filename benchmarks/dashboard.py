@@ -10,7 +10,7 @@
   blocks, dense 1500, a 1-frame hop (a window every 23 ms, the most sensitive
   case), torch on one thread. Measured side by side, alternating, without a
   screen (the baseline) and with the dashboard refreshing into a discarding
-  80 x 24 terminal. The dashboard draws on rich's refresh thread
+  80 x 24 terminal. The dashboard draws on its own thread, just after the engine has dealt with a block
   and never takes a lock the engine waits on, so what it can cost is the time
   its Python holds the interpreter; the ratio of p99s shows how much. "frames/s"
   is how often the dashboard actually drew.

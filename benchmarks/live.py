@@ -84,7 +84,8 @@ def expected_windows(samples: int, hop: int) -> int:
 
 
 class _Timed:
-    """A model whose ``predict`` calls are timed, to tell model time from the rest of the latency."""
+    """A model whose scorer's calls are timed when they score windows, to tell model time from the rest
+    of the latency."""
 
     def __init__(self, model):
         self.model = model
@@ -93,17 +94,19 @@ class _Timed:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        t = time.perf_counter()
-        out = self.model.predict(windows)
-        self.calls.append(time.perf_counter() - t)
-        return out
+    def scorer(self):
+        scorer = self.model.scorer()
+        push = scorer.push
 
-    def predict_span(self, frames: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        t = time.perf_counter()
-        out = self.model.predict_span(frames, starts)
-        self.calls.append(time.perf_counter() - t)
-        return out
+        def timed(frames: np.ndarray, ends: np.ndarray) -> np.ndarray:
+            t = time.perf_counter()
+            out = push(frames, ends)
+            if len(ends):
+                self.calls.append(time.perf_counter() - t)
+            return out
+
+        scorer.push = timed
+        return scorer
 
 
 def _busy() -> subprocess.Popen:

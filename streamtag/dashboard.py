@@ -50,7 +50,7 @@ from streamtag.sources import Source
 
 GIL_SWITCH = 0.001  # s: how long the engine's thread may wait for the interpreter while a frame is drawn (5 ms by
 # default); drawing holds it for a few milliseconds, the audio path should not wait that long each time it wakes
-REFRESH_PER_SECOND = 15  # asked of rich; it waits this long between frames, so it draws 12-14 (>= 10 wanted)
+REFRESH_PER_SECOND = 15  # frames a second wanted (>= 10 needed); each waits for a moment between blocks
 MIN_WIDTH, MIN_HEIGHT = 60, 16  # below this the panels cannot show their figures
 CLIP_HOLD = 2.0  # seconds the clipping warning stays after the last clipped sample
 LEVEL_FLOOR = -60.0  # dBFS at the left end of the level meter
@@ -452,7 +452,12 @@ def show(engine: Engine, source: Source, setup: Setup, console: Console, *, on_w
     done = threading.Event()
 
     def redraw(live: Live) -> None:
-        while not done.wait(1.0 / refresh_per_second):
+        period = 1.0 / refresh_per_second
+        while not done.wait(0.7 * period):
+            # then draw just after the engine has caught up with its input (within the rest of the period, live
+            # blocks come every 23 ms), so that the few milliseconds a frame holds the interpreter fall between
+            # blocks rather than on a window's way to its scores
+            engine.wait_caught_up(timeout=period)
             live.refresh()
 
     try:

@@ -40,6 +40,7 @@ from streamtag.errors import NonFiniteAudioError, StreamtagError
 from streamtag.events import Event, EventTracker, Smoother
 from streamtag.frontend import Frontend
 from streamtag.ringbuffer import RingBuffer
+from streamtag.scorer import WindowScorer
 from streamtag.sources import Source
 
 CLIP_LEVEL = 0.999  # |sample| at or above this is taken as clipped (16-bit full scale is 0.99997)
@@ -149,9 +150,8 @@ class Engine:
                  hysteresis: float = 0.1, min_duration: float = 0.25, ring_seconds: float = 10.0,
                  read_seconds: float = 4.0, history_frames: int = 101):
         self.model = model
-        # a TaggerModel scores overlapping windows of a stretch of frames sharing its first layer;
-        # any other object with predict(windows) works too
-        self._predict_span = getattr(model, "predict_span", None)
+        # a TaggerModel's scorer computes each frame's first layer once; anything with predict(windows) works too
+        self._scorer = model.scorer() if hasattr(model, "scorer") else WindowScorer(model)
         self.spec = model.spec
         self.classes = list(model.classes)
         self.window_frames = int(model.window_frames)
@@ -175,6 +175,8 @@ class Engine:
         self.latency = {name: LatencyLog() for name in ("frontend", "model", "end_to_end")}
         self._frames = np.full((history_frames, self.spec.n_mels), self.spec.floor_db, dtype=np.float32)
         self._lock = threading.Lock()
+        self._caught_up = threading.Condition()  # notified each time the engine has dealt with all it read
+        self._reads = 0
         self._stopping = False
         self._running = False
         self._ring: RingBuffer | None = None
@@ -222,6 +224,9 @@ class Engine:
                     stopped = True
                     break
                 self._feed(block[:n], position)
+                with self._caught_up:
+                    self._reads += 1
+                    self._caught_up.notify_all()
             if not stopped and ring.error is not None:
                 if not isinstance(ring.error, StreamtagError):
                     raise ring.error  # a bug, not the input's fault
@@ -240,6 +245,16 @@ class Engine:
         """Ask :meth:`run` to end soon: audio already received is still tagged
         and open events are closed. Safe from a signal handler or another thread."""
         self._stopping = True
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Wait until the engine has dealt with its next read of audio, or ``timeout``
+        seconds; say whether it did. Live, that is the moment the engine has the
+        longest until its next block: another thread that holds the interpreter
+        for a while (the dashboard drawing a frame) delays the audio path least
+        if it starts then."""
+        with self._caught_up:
+            reads = self._reads
+            return self._caught_up.wait_for(lambda: self._reads != reads, timeout)
 
     def snapshot(self) -> Snapshot:
         """The current state, for a dashboard polling from another thread."""
@@ -295,7 +310,7 @@ class Engine:
         self._model_samples = 0  # model-rate samples pushed in this stretch
         self._stretch_windows = 0
         self._next_end = self.window_frames - 1  # frame index (in the stretch) the next window ends at
-        self._tail = np.empty((0, 2, self.spec.n_mels), dtype=np.float32)  # last window_frames - 1 frames
+        self._scorer.reset()
         self.frontend.reset()
         self.smoother.reset()
         if self._resampler is not None:
@@ -336,23 +351,14 @@ class Engine:
             for frame in frames[-len(self._frames):, 0]:
                 self._frames[self._frames_slot] = frame
                 self._frames_slot = (self._frames_slot + 1) % len(self._frames)
-        first = self.frontend.frames_emitted - len(frames)  # stretch index of frames[0]
-        span = np.concatenate([self._tail, frames]) if len(self._tail) else frames
-        base = first - len(self._tail)  # stretch index of span[0]
         ends = np.arange(self._next_end, self.frontend.frames_emitted, self.hop_frames)
-        keep = self.window_frames - 1
-        self._tail = span[max(0, len(span) - keep):].copy() if keep else span[:0]
+        if len(ends):
+            self._next_end = int(ends[-1]) + self.hop_frames
+        t1 = time.perf_counter()
+        scores = self._scorer.push(frames, ends)  # (len(ends), C)
+        done = time.perf_counter()
         if not len(ends):
             return
-        self._next_end = int(ends[-1]) + self.hop_frames
-        starts = ends - keep - base  # in span
-        t1 = time.perf_counter()
-        if self._predict_span is not None:
-            scores = self._predict_span(span, starts)
-        else:
-            view = np.lib.stride_tricks.sliding_window_view(span, self.window_frames, axis=0)
-            scores = self.model.predict(np.ascontiguousarray(view[starts]))  # (n, 2, n_mels, window_frames)
-        done = time.perf_counter()
         self.latency["model"].add(done - t1)
         self._score(ends, scores, done)
 

@@ -45,6 +45,7 @@ import streamtag
 from streamtag.errors import ModelError, ModelFileError, ModelNotFoundError, SpecError
 from streamtag.features import FeatureSpec
 from streamtag.model import CONV1_FRAMES, HEADS, PiczakCNN, quantize_dense
+from streamtag.scorer import WindowScorer
 
 FORMAT = "streamtag-model"
 SCHEMA = 1
@@ -194,53 +195,69 @@ class TaggerModel:
                 out[i:i + batch_size] = self.module(batch).float().cpu().numpy()
         return out
 
-    def predict_span(self, frames: np.ndarray, starts: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-        """Probabilities (N, C) float32 for the windows ``frames[s:s + window_frames]``,
-        ``s`` in ``starts``, of a stretch of frames ``(T, 2, n_mels)`` as the frontend emits them.
-
-        Equal to ``predict`` on those windows, and bit for bit so (the first
-        layer's output for a frame does not depend on the stretch around it),
-        but overlapping windows share the first convolution, computed once over
-        the stretch: at a hop of 4 frames that is most of the arithmetic saved.
-        """
-        frames = np.asarray(frames)
-        starts = np.asarray(starts, dtype=np.int64)
-        length = self.window_frames
-        if frames.ndim != 3 or frames.shape[1:] != self.input_shape[:2]:
-            raise ModelError(f"expected frames of shape (T, 2, {self.spec.n_mels}), got {frames.shape}")
-        if starts.ndim != 1 or (len(starts) and (starts.min() < 0 or starts.max() + length > len(frames))):
-            raise ModelError(f"window starts must lie in 0..{len(frames) - length} for {len(frames)} frames")
-
-        def one_by_one(group: np.ndarray) -> np.ndarray:
-            return self.predict(np.lib.stride_tricks.sliding_window_view(frames, length, axis=0)[group], batch_size)
-
-        if not self._shares_stem:
-            return one_by_one(starts)
-        if not np.isfinite(frames).all():
-            raise ModelError("frames hold NaN or infinite values")
-        out = np.empty((len(starts), len(self.classes)), dtype=np.float32)
-        width = length - CONV1_FRAMES + 1  # stem columns per window
-        with torch.inference_mode():
-            for i in range(0, len(starts), batch_size):
-                group = starts[i:i + batch_size]
-                first, stop = int(group.min()), int(group.max()) + length
-                if stop - first > len(group) * length:  # windows too far apart to share anything
-                    out[i:i + batch_size] = one_by_one(group)
-                    continue
-                stretch = np.ascontiguousarray(frames[first:stop].transpose(1, 2, 0), dtype=np.float32)
-                columns = self.module.stem(torch.from_numpy(stretch)[None].to(self.device))[0]  # (80, 4, T - 5)
-                step = int(group[1] - group[0]) if len(group) > 1 else 1
-                if step > 0 and (np.diff(group) == step).all():  # evenly spaced, as the engine asks: a strided view
-                    windows = columns.unfold(2, width, step)
-                else:
-                    windows = columns.unfold(2, width, 1)[:, :, torch.from_numpy(group - first).to(self.device)]
-                windows = windows.permute(2, 0, 1, 3).contiguous()  # (n, 80, 4, frames - 5)
-                out[i:i + batch_size] = self.module.classify(windows).float().cpu().numpy()
-        return out
+    def scorer(self) -> WindowScorer:
+        """A scorer for a stream of frames (:mod:`streamtag.scorer`): one that
+        computes each frame's first-layer output once, or, for model files saved
+        before the network exported its stem, one that scores window by window."""
+        return StemScorer(self) if self._shares_stem else WindowScorer(self)
 
     def __repr__(self) -> str:
         return (f"TaggerModel({self.name!r}, {len(self.classes)} classes, {self.head}, "
                 f"{self.window_frames} frames, device={self.device!r})")
+
+
+class StemScorer(WindowScorer):
+    """Scores a stream's windows from the stem's columns (``PiczakCNN.stem``),
+    each computed once, when its last frame arrives.
+
+    Column ``t`` of the first convolution depends on frames ``t .. t + 5``
+    only, so the scores equal ``predict`` on the same windows (to float
+    rounding; in practice bit for bit) while each window costs only its
+    ``classify``: live at a hop of one frame, one new column per window instead
+    of all of them (a 41-frame window has 36), and for files no column is
+    computed twice across the engine's reads. Between calls it keeps the last
+    5 frames and the last window's columns but one.
+    """
+
+    def __init__(self, model: TaggerModel):
+        super().__init__(model)
+        self.keep_frames = CONV1_FRAMES - 1
+        self._width = self.window_frames - CONV1_FRAMES + 1  # stem columns per window
+        self._module, self._device = model.module, model.device
+
+    def reset(self) -> None:
+        super().reset()
+        self._columns = None  # (80, 4, k): the stem of frames frames_seen - 5 - k .. frames_seen - 6
+
+    def _push(self, piece: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        if not np.isfinite(piece).all():
+            raise ModelError("frames hold NaN or infinite values")
+        span = np.concatenate([self._tail, piece]) if len(self._tail) else piece
+        self._tail = span[max(0, len(span) - self.keep_frames):].copy()
+        with torch.inference_mode():
+            if len(span) >= CONV1_FRAMES:
+                stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None].to(self._device)
+                new = self._module.stem(stretch)[0]
+                self._columns = new if self._columns is None else torch.cat([self._columns, new], dim=2)
+            out = np.empty((len(ends), self.n_classes), dtype=np.float32)
+            if len(ends):
+                # the column of frame f sits at f - first; a window ending at frame e starts at e - window + 1
+                first = self.frames_seen + len(piece) - (CONV1_FRAMES - 1) - self._columns.shape[2]
+                starts = ends - (self.window_frames - 1) - first
+                for i in range(0, len(ends), BATCH):
+                    windows = self._windows(starts[i:i + BATCH]).permute(2, 0, 1, 3).contiguous()
+                    out[i:i + BATCH] = self._module.classify(windows).float().cpu().numpy()
+        if self._columns is not None:
+            self._columns = self._columns[:, :, -(self._width - 1):]  # what a later window can still need
+        return out
+
+    def _windows(self, starts: np.ndarray) -> torch.Tensor:
+        """The windows of columns starting at ``starts`` (increasing), ``(80, 4, n, width)``:
+        a strided view when evenly spaced, as the engine asks for them."""
+        step = int(starts[1] - starts[0]) if len(starts) > 1 else 1
+        if (np.diff(starts) == step).all():
+            return self._columns[:, :, int(starts[0]):].unfold(2, self._width, step)[:, :, :len(starts)]
+        return self._columns.unfold(2, self._width, 1)[:, :, torch.from_numpy(starts).to(self._device)]
 
 
 def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.ScriptModule:

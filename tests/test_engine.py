@@ -307,6 +307,22 @@ def test_snapshot_while_running_live():
     assert np.all(final.frames[:16] == SPEC.floor_db)
 
 
+def test_wait_caught_up_returns_after_each_read_and_times_out_without_audio():
+    engine = Engine(ProjectionModel())
+    assert not engine.wait_caught_up(timeout=0.05), "nothing is running: no read to wait for"
+    source = PacedSource(scene(SR, 1.0), SR, blocks=2048, speed=1)  # a block every 93 ms
+    thread = threading.Thread(target=engine.run, args=(source,))
+    thread.start()
+    woken = []
+    while thread.is_alive():
+        if engine.wait_caught_up(timeout=0.5):
+            woken.append(engine.snapshot().seconds)
+    thread.join()
+    assert len(woken) >= 5, "each block read wakes a waiter"
+    assert woken == sorted(woken) and woken[-1] > 0
+    assert not engine.wait_caught_up(timeout=0.05)
+
+
 def test_a_source_that_cannot_start_raises_and_leaves_the_engine_reusable():
     from streamtag.errors import DeviceError
 

@@ -17,6 +17,7 @@ from streamtag.errors import ModelError, ModelFileError, ModelNotFoundError
 from streamtag.features import FeatureSpec
 from streamtag.model import PiczakCNN, flat_size
 from streamtag.modelfile import load_model, read_metadata, save_model
+from streamtag.scorer import WindowScorer
 
 SPEC = FeatureSpec()
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the tests script nets too
@@ -213,29 +214,59 @@ def test_first_pooling_is_piczaks_max_pool(frames):
     assert torch.equal(seen[0], pooled)
 
 
-def test_predict_span_equals_predict_on_the_windows(tmp_path):
+def _stream(scorer, frames: np.ndarray, cuts, ends: np.ndarray) -> np.ndarray:
+    """Push ``frames`` to ``scorer`` in pieces split at ``cuts``, asking each piece for the windows it completes."""
+    out = []
+    for piece in np.split(np.arange(len(frames)), cuts):
+        if len(piece):
+            mine = ends[(ends >= piece[0]) & (ends <= piece[-1])]
+            out.append(scorer.push(frames[piece], mine))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("frames", [41, 101])
+def test_stem_scorer_equals_predict_on_the_windows(tmp_path, frames):
+    from streamtag.modelfile import StemScorer
+    from streamtag.scorer import CHUNK_FRAMES
+
     torch.manual_seed(0)
-    net = _trained_looking(PiczakCNN(10, dense=48))
+    net = _trained_looking(PiczakCNN(10, frames=frames, dense=48))
     model = load_model(_save(tmp_path, net), device="cpu")
-    frames = _stretch(300)
-    view = np.lib.stride_tricks.sliding_window_view(frames, 41, axis=0)
-    for starts in (np.arange(0, 260, 4), np.arange(0, 260, 1), np.array([5, 9, 100, 101, 250]), np.array([7]),
-                   np.array([0, 259])):
-        expected = model.predict(np.ascontiguousarray(view[starts]))
-        np.testing.assert_allclose(model.predict_span(frames, starts), expected, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(model.predict_span(frames, starts, batch_size=3), expected, rtol=0, atol=1e-6)
-    assert model.predict_span(frames, np.array([], dtype=np.int64)).shape == (0, 10)
-    with pytest.raises(ModelError, match="window starts"):
-        model.predict_span(frames, np.array([260]))
+    scorer = model.scorer()
+    assert isinstance(scorer, StemScorer)
+    stretch = _stretch(CHUNK_FRAMES + 300)
+    view = np.lib.stride_tricks.sliding_window_view(stretch, frames, axis=0)
+    rng = np.random.default_rng(0)
+    last = len(stretch) - 1
+    for ends, cuts in [
+        (np.arange(frames - 1, 400), np.arange(1, 400)),  # live at a hop of one frame: a frame per call
+        (np.arange(frames - 1, last + 1, 4), np.sort(rng.choice(last, 40, replace=False))),  # uneven reads
+        (np.arange(frames - 1, last + 1, 150), []),  # far apart, all in one call longer than a chunk
+        (np.array([frames - 1, frames + 2, frames + 40, 700, 701]), [frames, 600]),  # unevenly spaced
+    ]:
+        scorer.reset()
+        expected = model.predict(np.ascontiguousarray(view[ends - (frames - 1)]))
+        np.testing.assert_allclose(_stream(scorer, stretch, cuts, ends), expected, rtol=0, atol=1e-6)
+
+
+def test_scorer_rejects_bad_frames_and_windows_it_cannot_score(tmp_path):
+    torch.manual_seed(0)
+    model = load_model(_save(tmp_path, _trained_looking(PiczakCNN(10, dense=48))), device="cpu")
+    scorer = model.scorer()
+    frames = _stretch(100)
+    assert scorer.push(frames[:50], np.array([], dtype=np.int64)).shape == (0, 10)
+    for ends in ([40], [49], [50, 50], [60, 55], [100]):  # before this call, not increasing, beyond it
+        with pytest.raises(ModelError, match="window ends"):
+            scorer.push(frames[50:], np.array(ends))
     with pytest.raises(ModelError, match="frames of shape"):
-        model.predict_span(frames[:, :, :50], np.array([0]))
-    bad = frames.copy()
-    bad[40, 1, 3] = np.inf
+        scorer.push(frames[50:, :, :50], np.array([60]))
+    bad = frames[50:].copy()
+    bad[3, 1, 3] = np.inf
     with pytest.raises(ModelError, match="NaN"):
-        model.predict_span(bad, np.array([0]))
+        scorer.push(bad, np.array([60]))
 
 
-def test_predict_span_on_a_file_without_the_stem_scores_window_by_window(tmp_path):
+def test_a_file_without_the_stem_is_scored_window_by_window(tmp_path):
     """Model files saved before the stem was exported hold ``forward`` only."""
     from streamtag.modelfile import METADATA_NAME
 
@@ -254,9 +285,12 @@ def test_predict_span_on_a_file_without_the_stem_scores_window_by_window(tmp_pat
     torch.jit.save(torch.jit.script(ForwardOnly(net)), str(old), _extra_files={METADATA_NAME: metadata})
     model = load_model(old, device="cpu")
     assert not hasattr(model.module, "classify")
-    frames, starts = _stretch(120), np.arange(0, 80, 4)
+    scorer = model.scorer()
+    assert type(scorer) is WindowScorer
+    frames, ends = _stretch(120), np.arange(40, 120, 4)
     view = np.lib.stride_tricks.sliding_window_view(frames, 41, axis=0)
-    np.testing.assert_allclose(model.predict_span(frames, starts), _eager_probs(net, view[starts]), atol=1e-6)
+    np.testing.assert_allclose(_stream(scorer, frames, [30, 45, 46, 90], ends), _eager_probs(net, view[ends - 40]),
+                               atol=1e-6)
 
 
 def test_random_model_fixture_is_as_documented(random_model_file):
