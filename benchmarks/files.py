@@ -2,7 +2,7 @@
 
 Each figure is a whole process, as a user runs it: ``python -m streamtag tag
 FILE -o events.jsonl`` with default settings (the bundled default model at its
-default hop; one row adds ``--hop 20``), start-up (imports,
+default hop; one row adds ``--hop 20``, one ``--int8``), start-up (imports,
 numba's cached kernel, loading the model) included, timed from launch to exit;
 peak memory is the child's maximum resident set size (``wait4``). The input is
 an hour of looped street scene as a 16-bit WAV at the model's 22.05 kHz, and
@@ -135,6 +135,7 @@ def run(quick: bool = False, progress=None) -> dict:
     if not quick:
         runs += [("streamtag tag", seconds, 44100, _tag, ()),
                  (f"streamtag tag --hop {WIDE_HOP}", seconds, rate, _tag, ("--hop", str(WIDE_HOP))),
+                 ("streamtag tag --int8", seconds, rate, _tag, ("--int8",)),
                  ("start-up alone: streamtag tag", START_SECONDS, rate, _tag, ())]
     result: dict = {"audio_seconds": seconds, "hop": hop, "frames": frames, "threads": 1, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:

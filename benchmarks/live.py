@@ -13,12 +13,14 @@ waits on the ring.
 Each model is warmed up (numba, TorchScript's profiling executor,
 allocations) by a short unmeasured run before its first configuration. Torch
 runs one thread (``THREADS``), the setting :mod:`benchmarks.model` assumes for
-live use; one configuration keeps torch's default to show why. "Core busy"
+live use; one configuration keeps torch's default to show why, one runs the
+dense layers in int8 (``--int8``). "Core busy"
 runs a Python busy loop in another process throughout. The long
 configuration (10 minutes of audio in the full run, paced in real time) counts
 dropped samples; every configuration checks that it scored every window the
-audio holds. "model" columns time the model's scoring call alone; the rest of a window's
-latency is waiting to be woken, the frontend and Python.
+audio holds. "model" columns time the scorer's calls that score a window (at
+a 1-frame hop: one new first-layer column, then the rest of the network); the
+rest of a window's latency is waiting to be woken, the frontend and Python.
 
 Run: ``python -m benchmarks.live [--quick]``.
 """
@@ -51,11 +53,12 @@ class Config:
     busy: bool = False
     threads: int | None = THREADS  # None: torch's default
     long: bool = False  # the dropped-samples run
+    int8: bool = False  # dense layers in int8 (--int8)
 
     @property
     def name(self) -> str:
-        return (f"dense {self.dense}, hop {self.hop}" + (", core busy" if self.busy else "")
-                + ("" if self.threads == THREADS else ", torch default threads"))
+        return (f"dense {self.dense}{' int8' if self.int8 else ''}, hop {self.hop}"
+                + (", core busy" if self.busy else "") + ("" if self.threads == THREADS else ", torch default threads"))
 
 
 CONFIGS = (
@@ -68,6 +71,7 @@ CONFIGS = (
     Config(5000, 1),
     Config(5000, 1, busy=True),
     Config(1500, 1, threads=None),
+    Config(1500, 1, int8=True),
 )
 
 
@@ -137,7 +141,7 @@ def measure(model, config: Config, seconds: float, clip: np.ndarray, warmup: flo
             busy.kill()
             busy.wait()
     return {
-        "name": config.name, "dense": config.dense, "hop": config.hop, "busy": config.busy,
+        "name": config.name, "dense": config.dense, "int8": config.int8, "hop": config.hop, "busy": config.busy,
         "threads": torch.get_num_threads(), "long": config.long, "audio_seconds": source.frames / rate,
         "wall_seconds": summary.wall_seconds, "windows": summary.windows,
         "expected_windows": expected_windows(source.frames, config.hop),
@@ -152,19 +156,21 @@ def run(quick: bool = False, progress=None) -> dict:
     total = sum(_seconds(c, quick) for c in CONFIGS)
     done = 0.0
     runs = []
-    warm: set[int] = set()
+    warm: set[tuple[int, bool]] = set()
     clip = scene()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            models = {d: load_model(model_file(tmp, d), device="cpu") for d in sorted({c.dense for c in CONFIGS})}
+            kinds = sorted({(c.dense, c.int8) for c in CONFIGS})
+            models = {(d, q): load_model(model_file(tmp, d), device="cpu", int8=q) for d, q in kinds}
             for config in CONFIGS:
                 seconds = _seconds(config, quick)
                 torch.set_num_threads(config.threads or default_threads)
                 report = None if progress is None else \
                     (lambda s, d=done, n=config.name: progress(n, d + min(s, seconds), total))
-                warmup = 0.0 if config.dense in warm else 1.2 if quick else 3.0  # numba, TorchScript, allocations
-                warm.add(config.dense)
-                runs.append(measure(models[config.dense], config, seconds, clip, warmup, report))
+                kind = (config.dense, config.int8)
+                warmup = 0.0 if kind in warm else 1.2 if quick else 3.0  # numba, TorchScript, allocations
+                warm.add(kind)
+                runs.append(measure(models[kind], config, seconds, clip, warmup, report))
                 done += seconds
                 if progress is not None:
                     progress(config.name, done, total)

@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace, source: Source) -> int:
     torch.set_num_threads(args.threads)
     console = Console() if sys.stdout.isatty() else None
     with console.status("loading the model…") if console else contextlib.nullcontext():
-        model = load_model(args.model)
+        model = load_model(args.model, int8=args.int8)
     return run_live(source, model, console, hop=args.hop,
                     thresholds=parse_thresholds(args.threshold, model.classes, model.thresholds),
                     smooth=args.smooth, hysteresis=args.hysteresis, min_duration=args.min_duration, jsonl=args.jsonl,

@@ -227,7 +227,7 @@ class StemScorer(WindowScorer):
 
     def reset(self) -> None:
         super().reset()
-        self._columns = None  # (80, 4, k): the stem of frames frames_seen - 5 - k .. frames_seen - 6
+        self._columns = None  # (80, 1, k): the stem of frames frames_seen - 5 - k .. frames_seen - 6, rows pooled
 
     def _push(self, piece: np.ndarray, ends: np.ndarray) -> np.ndarray:
         if not np.isfinite(piece).all():
@@ -237,7 +237,9 @@ class StemScorer(WindowScorer):
         with torch.inference_mode():
             if len(span) >= CONV1_FRAMES:
                 stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None].to(self._device)
-                new = self._module.stem(stretch)[0]
+                # classify's first step is a max over the stem's 4 rows, the same for every window holding the
+                # column: taken once here, it shrinks what is kept and copied per window fourfold
+                new = self._module.stem(stretch)[0].amax(dim=1, keepdim=True)
                 self._columns = new if self._columns is None else torch.cat([self._columns, new], dim=2)
             out = np.empty((len(ends), self.n_classes), dtype=np.float32)
             if len(ends):
@@ -252,7 +254,7 @@ class StemScorer(WindowScorer):
         return out
 
     def _windows(self, starts: np.ndarray) -> torch.Tensor:
-        """The windows of columns starting at ``starts`` (increasing), ``(80, 4, n, width)``:
+        """The windows of columns starting at ``starts`` (increasing), ``(80, 1, n, width)``:
         a strided view when evenly spaced, as the engine asks for them."""
         step = int(starts[1] - starts[0]) if len(starts) > 1 else 1
         if (np.diff(starts) == step).all():
@@ -274,10 +276,14 @@ def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
         return torch.jit.optimize_for_inference(frozen, other_methods=methods)
 
 
-def load_model(path=None, device: str | None = None) -> TaggerModel:
+def load_model(path=None, device: str | None = None, int8: bool = False) -> TaggerModel:
     """Load and check a model file (``None``: the model bundled with streamtag)
     onto ``device`` (default: "cuda" when available, else "cpu"), and warm it up
-    so the first real window is not the slow one."""
+    so the first real window is not the slow one. ``int8`` runs the dense layers
+    in int8 (dynamic quantisation, CPU only): they hold almost every weight, so a
+    window at batch 1 reads a quarter of the bytes (see the model benchmark for
+    the speed and the change in probabilities). Activations are quantised per
+    batch, so an int8 window's scores also depend a little on its batch."""
     if path is None:
         if not DEFAULT_MODEL.is_file():
             raise ModelNotFoundError("no default model is bundled with this streamtag yet; pass --model PATH")
@@ -286,17 +292,22 @@ def load_model(path=None, device: str | None = None) -> TaggerModel:
         path = Path(path)
         name = path.stem
     metadata = read_metadata(path)
-    if metadata["quantized"] and device is None:
+    if (metadata["quantized"] or int8) and device is None:
         device = "cpu"  # int8 kernels exist for the CPU only
     device = _pick_device(device)
     if metadata["quantized"] and device != "cpu":
         raise ModelFileError(f"{path} has int8 dense layers, which run on the CPU only; use device 'cpu'")
+    if int8 and device != "cpu":
+        raise ModelError(f"int8 dense layers run on the CPU only, not on {device!r}")
     try:
         with _torchscript():
             module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # torch raises RuntimeError and friends with multi-line C++ messages
         raise ModelFileError(f"{path} is corrupt: TorchScript cannot load it ({_first_line(exc)})") from None
     module.eval()
+    if int8 and not metadata["quantized"]:
+        module = _quantized(module, metadata, path)
+        metadata = {**metadata, "quantized": True}
     model = TaggerModel(module, metadata, name, device)
     window = torch.zeros((1, *model.input_shape), device=device)
     try:
@@ -309,6 +320,18 @@ def load_model(path=None, device: str | None = None) -> TaggerModel:
     if tuple(probs.shape) != (1, len(model.classes)):
         raise ModelFileError(f"{path}: the network gives {probs.shape[-1]} outputs for {len(model.classes)} classes")
     return model
+
+
+def _quantized(module: torch.jit.ScriptModule, metadata: dict, path: Path) -> torch.jit.ScriptModule:
+    """The file's network rebuilt from its weights with int8 dense layers, as
+    ``save_model(..., quantize=True)`` would have written it."""
+    net = PiczakCNN(**metadata["architecture"])
+    try:
+        net.load_state_dict(module.net.state_dict())
+    except (AttributeError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: cannot rebuild the network to run it in int8 ({_first_line(exc)})") from None
+    with _torchscript():
+        return torch.jit.script(_Probabilities(quantize_dense(net)).eval())
 
 
 def read_metadata(path) -> dict:

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise StreamtagError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, int8=args.int8)
     engine = Engine(model, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
                     hysteresis=args.hysteresis, min_duration=args.min_duration)
     try:

@@ -266,6 +266,26 @@ def test_scorer_rejects_bad_frames_and_windows_it_cannot_score(tmp_path):
         scorer.push(bad, np.array([60]))
 
 
+def test_int8_at_load_quantizes_the_dense_layers_of_a_float_file(tmp_path):
+    torch.manual_seed(0)
+    net = _trained_looking(PiczakCNN(10, frames=41, dense=48))
+    path = _save(tmp_path, net)
+    model, fast = load_model(path, device="cpu"), load_model(path, device="cpu", int8=True)
+    assert not model.metadata["quantized"] and fast.metadata["quantized"]
+    assert not read_metadata(path)["quantized"], "the file itself is left as it was"
+    windows = _windows(16, 41, seed=3)
+    exact, approx = model.predict(windows), fast.predict(windows)
+    assert np.abs(approx - exact).max() < 0.02 and not np.array_equal(approx, exact)
+    # the same as a file saved in int8, and its scorer shares the stem as before; activations are quantised
+    # per batch, so compare window by window (live, a call scores one window)
+    saved = load_model(_save(tmp_path, net, name="q.pt", quantize=True), device="cpu")
+    np.testing.assert_allclose(approx, saved.predict(windows), atol=1e-6)
+    frames, ends = _stretch(120), np.arange(40, 120, 3)
+    view = np.lib.stride_tricks.sliding_window_view(frames, 41, axis=0)
+    np.testing.assert_allclose(_stream(fast.scorer(), frames, ends + 1, ends),
+                               fast.predict(np.ascontiguousarray(view[ends - 40]), batch_size=1), atol=1e-6)
+
+
 def test_a_file_without_the_stem_is_scored_window_by_window(tmp_path):
     """Model files saved before the stem was exported hold ``forward`` only."""
     from streamtag.modelfile import METADATA_NAME

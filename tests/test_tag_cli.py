@@ -112,6 +112,16 @@ def test_clip_mode_one_line_per_input_and_bad_files_reported_in_turn(capsys, mon
     assert "2 inputs" in err.splitlines()[1]
 
 
+def test_int8_runs_the_dense_layers_in_int8_with_close_scores(capsys, monkeypatch, random_model_file, clip):
+    scores = {}
+    for flag in ([], ["--int8"]):
+        rc, out, _ = tag(capsys, monkeypatch, "--model", random_model_file, "--clip", "-q", *flag, clip)
+        assert rc == 0
+        (obj,) = lines(out)
+        scores[bool(flag)] = np.array(list(obj["scores"].values()))
+    assert np.abs(scores[True] - scores[False]).max() < 0.02 and not np.array_equal(scores[True], scores[False])
+
+
 def float_wav(tmp_path, samples) -> bytes:
     path = tmp_path / "f.wav"
     sf.write(path, np.asarray(samples, dtype=np.float32), 22050, subtype="FLOAT")
