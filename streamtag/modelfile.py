@@ -232,8 +232,7 @@ class StemScorer(WindowScorer):
     def _push(self, piece: np.ndarray, ends: np.ndarray) -> np.ndarray:
         if not np.isfinite(piece).all():
             raise ModelError("frames hold NaN or infinite values")
-        span = np.concatenate([self._tail, piece]) if len(self._tail) else piece
-        self._tail = span[max(0, len(span) - self.keep_frames):].copy()
+        span = self._extend(piece)
         with torch.inference_mode():
             if len(span) >= CONV1_FRAMES:
                 stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None].to(self._device)

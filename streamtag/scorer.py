@@ -66,11 +66,16 @@ class WindowScorer:
             done = last
         return out
 
+    def _extend(self, piece: np.ndarray) -> np.ndarray:
+        """The kept frames followed by ``piece``; the newest ``keep_frames`` of them are kept for the next call."""
+        span = np.concatenate([self._tail, piece]) if len(self._tail) else piece
+        self._tail = span[max(0, len(span) - self.keep_frames):].copy()
+        return span
+
     def _push(self, piece: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Take ``piece``, the next frames; score the windows ending at ``ends``, all among them."""
-        span = np.concatenate([self._tail, piece]) if len(self._tail) else piece
-        base = self.frames_seen - len(self._tail)  # stream index of span[0]
-        self._tail = span[max(0, len(span) - self.keep_frames):].copy()
+        span = self._extend(piece)
+        base = self.frames_seen + len(piece) - len(span)  # stream index of span[0]
         if not len(ends):
             return np.empty((0, self.n_classes), dtype=np.float32)
         view = np.lib.stride_tricks.sliding_window_view(span, self.window_frames, axis=0)
