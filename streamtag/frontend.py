@@ -30,7 +30,7 @@ _BUFFER_HOPS = 16  # the sample buffer holds a frame plus this many hops, so it 
 # arrays and the FFT plan's tuple that alone cost more than computing a frame.
 # Layout (see Frontend.__init__):
 #   ints:   [start, end, emitted, slot, hop, n_fft, n_mels, nnz, passes, buffer] fb_ptr fb_bin gather
-#   floats: buf hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel
+#   floats: buf hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
 _START, _END, _EMITTED, _SLOT, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER = range(10)
 _HEADER = 10
 
@@ -74,9 +74,10 @@ def _push_kernel(x, ints, floats, ring, out):
 
     ``buf[start:end]`` holds the samples not yet consumed by a hop: a frame is
     the contiguous slice ``buf[start:start + n_fft]``, so nothing is shifted per
-    frame; when the buffer is full its tail moves to the front. The ring stores
-    each frame twice, at slot ``s`` and ``s + capacity``, so that the newest
-    frames always form one contiguous slice.
+    frame; when the buffer is full its tail moves to the front. The ring works
+    the same way: frames are appended at slot ``s`` of a ring twice the window
+    history long, and when it is full the newest history moves to the front, so
+    the newest frames always form one contiguous slice ending at ``s``.
     """
     hop, n_fft, n_mels, nnz, passes = ints[_HOP], ints[_NFFT], ints[_NMELS], ints[_NNZ], ints[_PASSES]
     size = ints[_BUFFER]
@@ -111,6 +112,8 @@ def _push_kernel(x, ints, floats, ring, out):
     mantissa = floats[at:at + n_mels]
     at += n_mels
     logmel = floats[at:at + n_mels]
+    at += n_mels
+    delta = floats[at:at + n_mels]
 
     capacity = ring.shape[2] // 2
     start, end = ints[_START], ints[_END]
@@ -149,18 +152,26 @@ def _push_kernel(x, ints, floats, ring, out):
                     hist[r, :] = logmel
             else:
                 hist[emitted % _HISTORY, :] = logmel
+            delta[:] = 0.0
+            for tap in range(1, DELTA_TAPS + 1):
+                later = hist[(emitted - DELTA_TAPS + tap) % _HISTORY]
+                earlier = hist[(emitted - DELTA_TAPS - tap + _HISTORY) % _HISTORY]
+                for m in range(n_mels):
+                    delta[m] += tap * (later[m] - earlier[m])
+            frame = out[produced]
             for m in range(n_mels):
-                d = 0.0
-                for tap in range(1, DELTA_TAPS + 1):
-                    d += tap * (hist[(emitted - DELTA_TAPS + tap) % _HISTORY, m]
-                                - hist[(emitted - DELTA_TAPS - tap + _HISTORY) % _HISTORY, m])
-                out[produced, 0, m] = logmel[m]
-                out[produced, 1, m] = d
-                ring[0, m, slot] = logmel[m]
-                ring[1, m, slot] = d
-                ring[0, m, slot + capacity] = logmel[m]
-                ring[1, m, slot + capacity] = d
-            slot = (slot + 1) % capacity
+                frame[0, m] = logmel[m]
+                frame[1, m] = delta[m]
+            if slot == ring.shape[2]:  # the ring is full: its newest window-worth of frames moves to the front
+                for c in range(2):
+                    for m in range(n_mels):
+                        for k in range(capacity):
+                            ring[c, m, k] = ring[c, m, slot - capacity + k]
+                slot = capacity
+            for m in range(n_mels):
+                ring[0, m, slot] = frame[0, m]
+                ring[1, m, slot] = frame[1, m]
+            slot += 1
             emitted += 1
             produced += 1
     ints[_START], ints[_END] = start, end
@@ -211,7 +222,7 @@ class Frontend:
             np.zeros(self._size), np.zeros(_HISTORY * s.n_mels),  # buf, hist: state
             hann_periodic(s.n_fft), fb[rows, cols], [s.amin],
             plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
-            np.zeros(s.n_fft // 2 + 1 + 3 * s.n_mels)])  # power, energy, mantissa, logmel: scratch
+            np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
         self._buf = self._floats[:self._size]  # a view, for the Python fast path in push()
         self._empty = np.empty((0, 2, s.n_mels), dtype=np.float32)
         self._ring = np.zeros((2, s.n_mels, 2 * self.history), dtype=np.float32)
@@ -255,25 +266,29 @@ class Frontend:
             self._fill = avail
             return self._empty
         count = (avail - self._n_fft) // self._hop + 1 if avail >= self._n_fft else 0
-        out = self._frames(count)
+        used = self._slab_used + count
+        if used <= _SLAB_FRAMES:  # the common case, inline: a method call costs a fiftieth of a hop
+            out = self._slab[self._slab_used:used]
+            self._slab_used = used
+        else:
+            out = self._frames(count)
         self._end = self._kernel(x, self._ints, self._floats, self._ring, out)
         self._fill = avail - count * self._hop
         return out
 
     def _frames(self, count: int) -> np.ndarray:
-        """A fresh float32 ``(count, 2, n_mels)`` array for ``push`` to fill.
+        """A fresh float32 ``(count, 2, n_mels)`` array for ``push`` to fill when
+        the current slab has no room for it.
 
-        Small requests are carved from a slab, never handed out twice: slicing is
-        a third of the cost of ``np.empty`` (which is a tenth of a hop).
+        ``push`` carves small requests from a slab, never handing out a row
+        twice: slicing is a third of the cost of ``np.empty`` (which is a tenth
+        of a hop). This starts a new slab, or allocates a large request alone.
         """
-        used = self._slab_used + count
-        if used > _SLAB_FRAMES:
-            if count > _SLAB_FRAMES // 4:
-                return np.empty((count, 2, self._n_mels), dtype=np.float32)
-            self._slab = np.empty((_SLAB_FRAMES, 2, self._n_mels), dtype=np.float32)
-            used = count
-        self._slab_used = used
-        return self._slab[used - count:used]
+        if count > _SLAB_FRAMES // 4:
+            return np.empty((count, 2, self._n_mels), dtype=np.float32)
+        self._slab = np.empty((_SLAB_FRAMES, 2, self._n_mels), dtype=np.float32)
+        self._slab_used = count
+        return self._slab[:count]
 
     def window(self, n_frames: int) -> np.ndarray:
         """The newest ``n_frames`` frames as a model window, float32 ``(2, n_mels, n_frames)``.
@@ -286,7 +301,7 @@ class Frontend:
         emitted = int(self._ints[_EMITTED])
         if n_frames > emitted:
             raise ValueError(f"only {emitted} frames emitted, cannot read a window of {n_frames}")
-        end = int(self._ints[_SLOT]) + self.history
+        end = int(self._ints[_SLOT])
         return self._ring[:, :, end - n_frames:end].copy()
 
 
