@@ -64,7 +64,7 @@ def _torchscript():
         yield
 
 
-_SPAN_METHODS = ("stem", "classify")  # files saved before these existed score window by window
+_STEM_METHODS = ("stem", "classify")  # files saved before these existed score window by window
 
 
 class _Probabilities(nn.Module):
@@ -84,6 +84,14 @@ class _Probabilities(nn.Module):
     @torch.jit.export
     def classify(self, columns: torch.Tensor) -> torch.Tensor:
         return self.net.probabilities(self.net.classify(columns))
+
+
+def _scripted(net: PiczakCNN, quantize: bool) -> torch.jit.ScriptModule:
+    """What a model file holds: a copy of ``net`` in eval mode, its dense layers in
+    int8 if ``quantize``, with its head's squashing, compiled by TorchScript."""
+    frozen = quantize_dense(net) if quantize else copy.deepcopy(net).cpu().eval()
+    with _torchscript():
+        return torch.jit.script(_Probabilities(frozen).eval())
 
 
 def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frames: int, hop_frames: int,
@@ -131,9 +139,7 @@ def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frame
     except (TypeError, ValueError) as exc:
         raise ModelError(f"provenance must be plain JSON values (no NaN): {exc}") from None
 
-    frozen = quantize_dense(net) if quantize else copy.deepcopy(net).cpu().eval()
-    with _torchscript():
-        scripted = torch.jit.script(_Probabilities(frozen).eval())
+    scripted = _scripted(net, quantize)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
@@ -152,7 +158,7 @@ class TaggerModel:
     def __init__(self, module: torch.jit.ScriptModule, metadata: dict, name: str, device: str):
         net = module.net
         self._normalization = (net.feature_mean.cpu().numpy(), net.feature_std.cpu().numpy())
-        self._shares_stem = all(hasattr(module, m) for m in _SPAN_METHODS)
+        self._shares_stem = all(hasattr(module, m) for m in _STEM_METHODS)
         self.module = _for_inference(module, device)
         self.metadata = metadata
         self.name = name
@@ -269,7 +275,7 @@ def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
     saved, the path the GPU benchmark and tests measure."""
     if device != "cpu":
         return module
-    methods = [m for m in _SPAN_METHODS if hasattr(module, m)]  # preserved through freezing
+    methods = [m for m in _STEM_METHODS if hasattr(module, m)]  # preserved through freezing
     with _torchscript():
         frozen = torch.jit.freeze(module.eval(), preserved_attrs=methods)
         return torch.jit.optimize_for_inference(frozen, other_methods=methods)
@@ -329,8 +335,7 @@ def _quantized(module: torch.jit.ScriptModule, metadata: dict, path: Path) -> to
         net.load_state_dict(module.net.state_dict())
     except (AttributeError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: cannot rebuild the network to run it in int8 ({_first_line(exc)})") from None
-    with _torchscript():
-        return torch.jit.script(_Probabilities(quantize_dense(net)).eval())
+    return _scripted(net, quantize=True)
 
 
 def read_metadata(path) -> dict:
