@@ -18,8 +18,6 @@ seconds of the input, computed from sample positions.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
-
 import numpy as np
 
 
@@ -45,9 +43,12 @@ class Event:
 class Smoother:
     """Moving average of the last ``k`` score vectors, and the time it describes.
 
-    :meth:`push` takes one window's scores and the time of the window's centre
-    and returns the smoothed scores with the mean centre of the windows
-    averaged. At a stream start fewer than ``k`` windows are averaged.
+    :meth:`push` takes consecutive windows' scores and the times of their
+    centres, and returns each window's average over it and the ``k - 1`` before
+    it, with the mean centre of the windows averaged. At a stream start fewer
+    than ``k`` windows are averaged. Each average is summed afresh, oldest
+    first, so it is the same to the bit however the windows are split into
+    calls (a file read in large blocks and the same audio live agree exactly).
     """
 
     def __init__(self, n_classes: int, k: int = 1):
@@ -57,33 +58,38 @@ class Smoother:
         self.reset()
 
     def reset(self) -> None:
-        self._scores: deque[np.ndarray] = deque(maxlen=self.k)
-        self._times: deque[float] = deque(maxlen=self.k)
-        self._sum = np.zeros(self.n_classes)  # running sums of what the deques hold: O(1) per window
-        self._time_sum = 0.0
+        self._scores = np.zeros((self.k - 1, self.n_classes))  # the last k - 1 windows; zeros before the start
+        self._centres = np.zeros(self.k - 1)
+        self._seen = 0
 
-    def push(self, scores: np.ndarray, centre: float) -> tuple[np.ndarray, float]:
-        scores = np.asarray(scores, dtype=np.float64)
-        if len(self._scores) == self.k:
-            self._sum -= self._scores[0]
-            self._time_sum -= self._times[0]
-        self._scores.append(scores)
-        self._times.append(centre)
-        self._sum += scores
-        self._time_sum += centre
-        n = len(self._scores)
-        return (np.maximum(self._sum, 0.0) / n).astype(np.float32), self._time_sum / n  # no -1e-17 from rounding
+    def push(self, scores: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``scores`` ``(n, C)`` and ``centres`` ``(n,)`` of the next ``n`` windows; returns
+        the smoothed scores, float32 ``(n, C)``, and the times they describe ``(n,)``."""
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1, self.n_classes)
+        centres = np.asarray(centres, dtype=np.float64).reshape(-1)
+        n = len(scores)
+        stacked = np.concatenate([self._scores, scores])
+        times = np.concatenate([self._centres, centres])
+        total, time_total = stacked[:n].copy(), times[:n].copy()
+        for lag in range(1, self.k):
+            total += stacked[lag:lag + n]
+            time_total += times[lag:lag + n]
+        count = np.minimum(self._seen + 1 + np.arange(n), self.k)
+        self._scores, self._centres = stacked[n:], times[n:]
+        self._seen += n
+        return (total / count[:, None]).astype(np.float32), time_total / count
 
 
 class EventTracker:
     """Per-class on/off state with hysteresis and a minimum duration.
 
-    :meth:`update` takes the smoothed scores of one span ``[start, end)`` and
-    returns what changed as ``("open", event)`` and ``("close", event)`` pairs.
-    A class becomes a candidate when its score reaches ``on``; the candidate
-    opens as an event once it has lasted ``min_duration`` and closes at the end
-    of its last span at or above ``off``. A candidate that falls below ``off``
-    before lasting ``min_duration`` is dropped without a trace.
+    :meth:`update` takes the smoothed scores of consecutive spans
+    ``[start, end)`` and returns what changed as ``(span, kind, event)`` with
+    ``kind`` ``"open"`` or ``"close"``, in the order a span-by-span pass would
+    report them. A class becomes a candidate when its score reaches ``on``; the
+    candidate opens as an event once it has lasted ``min_duration`` and closes
+    at the end of its last span at or above ``off``. A candidate that falls
+    below ``off`` before lasting ``min_duration`` is dropped without a trace.
     """
 
     def __init__(self, classes: list[str], on: np.ndarray, off: np.ndarray, min_duration: float = 0.0):
@@ -106,24 +112,48 @@ class EventTracker:
         self._offset = np.zeros(n)
         self._peak = np.zeros(n)
 
-    def update(self, start: float, end: float, scores: np.ndarray) -> list[tuple[str, Event]]:
-        scores = np.asarray(scores, dtype=np.float64)
+    def update(self, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray) -> list[tuple[int, str, Event]]:
+        """Take ``scores`` ``(n, C)`` of the spans ``[starts[i], ends[i])``, in time
+        order; return the changes as ``(i, kind, event)``, by span, then by class."""
+        starts = np.asarray(starts, dtype=np.float64).reshape(-1)
+        ends = np.asarray(ends, dtype=np.float64).reshape(-1)
+        scores = np.asarray(scores, dtype=np.float64).reshape(len(ends), len(self.classes))
         changes = []
-        for c in np.flatnonzero(self._live | (scores >= self.on)):
-            s = scores[c]
+        for c in np.flatnonzero(self._live | (scores >= self.on).any(axis=0)):
+            changes += self._update_class(int(c), starts, ends, scores[:, c])
+        changes.sort(key=lambda change: (change[0], change[2].index))  # at most one change per span and class
+        return changes
+
+    def _update_class(self, c: int, starts: np.ndarray, ends: np.ndarray, s: np.ndarray) -> list:
+        """One class through the spans, a run of spans at or above ``off`` at a time."""
+        changes = []
+        i, n = 0, len(s)
+        while i < n:
             if not self._live[c]:
+                above = np.flatnonzero(s[i:] >= self.on[c])
+                if not len(above):
+                    break
+                i += int(above[0])  # a candidate starts here (and its score is >= on >= off)
                 self._live[c] = True
-                self._onset[c], self._peak[c] = start, s
-            elif s < self.off[c]:
-                if self._open[c]:
-                    changes.append(("close", self._event(c, closed=True)))
-                self._live[c] = self._open[c] = False
-                continue
-            self._offset[c] = end
-            self._peak[c] = max(self._peak[c], s)
-            if not self._open[c] and end - self._onset[c] >= self.min_duration:
-                self._open[c] = True
-                changes.append(("open", self._event(c, closed=False)))
+                self._onset[c], self._peak[c] = starts[i], s[i]
+            below = np.flatnonzero(s[i:] < self.off[c])
+            stop = i + int(below[0]) if len(below) else n  # the run is spans i .. stop - 1
+            if stop > i:
+                if not self._open[c]:
+                    lasted = i + int(np.searchsorted(ends[i:stop] - self._onset[c], self.min_duration))
+                    if lasted < stop:  # it opens at span `lasted`, with what it knew then
+                        self._open[c] = True
+                        self._offset[c] = ends[lasted]
+                        self._peak[c] = max(self._peak[c], s[i:lasted + 1].max())
+                        changes.append((lasted, "open", self._event(c, closed=False)))
+                self._offset[c] = ends[stop - 1]
+                self._peak[c] = max(self._peak[c], s[i:stop].max())
+            if stop == n:
+                break
+            if self._open[c]:
+                changes.append((stop, "close", self._event(c, closed=True)))
+            self._live[c] = self._open[c] = False
+            i = stop + 1
         return changes
 
     def close_all(self) -> list[tuple[str, Event]]:

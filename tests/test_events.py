@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamtag.events import Event, EventTracker, Smoother
 
 
+def step(tracker: EventTracker, i: int, scores) -> list[tuple[str, Event]]:
+    """The changes of span [i, i + 1) alone, as (kind, event)."""
+    return [(kind, e) for _, kind, e in tracker.update([i], [i + 1], np.array([scores]))]
+
+
 def run_script(tracker: EventTracker, script: list[list[float]], close: bool = True):
-    """Feed one score vector per second; return every change as (kind, label, onset, offset)."""
+    """Feed one score vector per second, one at a time, and all at once to a
+    fresh copy; check both agree; return every change as (kind, label, onset, offset)."""
     changes = []
     for i, scores in enumerate(script):
-        changes += tracker.update(float(i), float(i + 1), np.array(scores))
+        changes += step(tracker, i, scores)
+    twin = EventTracker(tracker.classes, tracker.on, tracker.off, tracker.min_duration)
+    n = len(script)
+    assert [(kind, e) for _, kind, e in twin.update(np.arange(n), np.arange(1, n + 1), np.array(script))] == changes
     if close:
         changes += tracker.close_all()
     return [(kind, e.label, e.onset, e.offset) for kind, e in changes]
@@ -41,7 +52,7 @@ def test_minimum_duration_drops_blips_and_opens_late_but_dated_early():
               [0.8], [0.7], [0.6], [0.5], [0.1]]  # 4 s: opens once it has lasted 2.5 s (at 6 s), dated from 3 s
     changes = []
     for i, scores in enumerate(script):
-        changes.append([(k, e.onset, e.offset) for k, e in tracker.update(i, i + 1, np.array(scores))])
+        changes.append([(k, e.onset, e.offset) for k, e in step(tracker, i, scores)])
     assert changes == [[], [], [], [], [], [("open", 3.0, 6.0)], [], [("close", 3.0, 7.0)]]
 
 
@@ -50,20 +61,18 @@ def test_classes_are_independent_and_the_score_is_the_peak():
     script = [[0.6, 0.75], [0.7, 0.85], [0.3, 0.9], [0.2, 0.72], [0.1, 0.1]]
     events = []
     for i, scores in enumerate(script):
-        events += [e for kind, e in tracker.update(i, i + 1, np.array(scores)) if kind == "close"]
+        events += [e for kind, e in step(tracker, i, scores) if kind == "close"]
     assert events == [Event("a", 0, 0.0, 2.0, 0.7), Event("b", 1, 1.0, 4.0, 0.9)]
 
 
 def test_close_all_ends_open_events_and_forgets_candidates():
     tracker = EventTracker(["a", "b"], on=[0.5, 0.5], off=[0.4, 0.4], min_duration=2.0)
-    tracker.update(0, 1, np.array([0.9, 0.1]))
-    tracker.update(1, 2, np.array([0.9, 0.1]))
-    tracker.update(2, 3, np.array([0.9, 0.9]))  # "b" is only a candidate: 1 s so far
+    tracker.update([0, 1, 2], [1, 2, 3], np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.9]]))  # "b": a candidate, 1 s
     assert [e.label for e in tracker.active] == ["a"]
     assert [(k, e.label, e.onset, e.offset, e.closed) for k, e in tracker.close_all()] == [
         ("close", "a", 0, 3, True)]
     assert tracker.active == []
-    assert tracker.update(3, 4, np.array([0.1, 0.1])) == []
+    assert step(tracker, 3, [0.1, 0.1]) == []
 
 
 def test_threshold_exactly_reached_turns_on():
@@ -73,22 +82,49 @@ def test_threshold_exactly_reached_turns_on():
 
 def test_smoother_averages_the_last_k_and_dates_them_by_their_middle():
     smoother = Smoother(2, k=3)
-    outs = [smoother.push(np.array(s), c) for s, c in
-            [([0.0, 1.0], 10.0), ([0.3, 1.0], 11.0), ([0.6, 0.4], 12.0), ([0.9, 0.1], 13.0)]]
-    np.testing.assert_allclose(outs[0][0], [0.0, 1.0])
-    np.testing.assert_allclose(outs[1][0], [0.15, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(outs[3][0], [0.6, 0.5], rtol=1e-6)
-    assert [c for _, c in outs] == [10.0, 10.5, 11.0, 12.0]
+    smoothed, centres = smoother.push(np.array([[0.0, 1.0], [0.3, 1.0], [0.6, 0.4]]), [10.0, 11.0, 12.0])
+    later, later_centre = smoother.push(np.array([[0.9, 0.1]]), [13.0])
+    np.testing.assert_allclose(smoothed[0], [0.0, 1.0])
+    np.testing.assert_allclose(smoothed[1], [0.15, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(later[0], [0.6, 0.5], rtol=1e-6)
+    assert centres.tolist() + later_centre.tolist() == [10.0, 10.5, 11.0, 12.0]
     smoother.reset()
-    np.testing.assert_allclose(smoother.push(np.array([0.2, 0.2]), 20.0)[0], [0.2, 0.2])
+    np.testing.assert_allclose(smoother.push(np.array([[0.2, 0.2]]), [20.0])[0], [[0.2, 0.2]])
 
 
 def test_smoothing_one_window_is_the_identity():
     smoother = Smoother(3, k=1)
     scores = np.array([0.123456, 0.5, 0.999], dtype=np.float32)
-    smoothed, centre = smoother.push(scores, 4.25)
-    np.testing.assert_array_equal(smoothed, scores)
-    assert centre == 4.25
+    smoothed, centre = smoother.push(scores[None], [4.25])
+    np.testing.assert_array_equal(smoothed, scores[None])
+    assert centre.tolist() == [4.25]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 6), cuts=st.lists(st.integers(1, 12), min_size=1, max_size=30))
+def test_windows_split_any_way_give_the_same_smoothing_and_events_to_the_bit(seed, k, cuts):
+    """The engine hands over as many windows as a read completes: a file in large
+    reads and the same audio live must smooth and track identically."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    scores = rng.random((n, 3)) ** rng.uniform(0.3, 3.0, size=3)  # some classes mostly on, some mostly off
+    centres = 0.5 + np.arange(n) * 0.37
+    made = lambda: (Smoother(3, k), EventTracker(["a", "b", "c"], [0.5, 0.6, 0.7], [0.3, 0.5, 0.7], min_duration=0.8))
+    whole_smoother, whole_tracker = made()
+    whole, whole_centres = whole_smoother.push(scores, centres)
+    whole_changes = whole_tracker.update(whole_centres - 0.2, whole_centres + 0.2, whole)
+    smoother, tracker = made()
+    pieces, changes, at = [], [], 0
+    for size in cuts * n:
+        if at >= n:
+            break
+        part, part_centres = smoother.push(scores[at:at + size], centres[at:at + size])
+        pieces.append(part)
+        changes += [(i + at, kind, e) for i, kind, e in tracker.update(part_centres - 0.2, part_centres + 0.2, part)]
+        at += size
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    assert changes == whole_changes
+    assert tracker.close_all() == whole_tracker.close_all()
 
 
 def test_bad_settings():
