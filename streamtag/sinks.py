@@ -40,6 +40,8 @@ def top_labels(classes: list[str], scores: np.ndarray, k: int) -> list[tuple[str
 class Sink:
     """Receives what the engine produces; every method does nothing by default."""
 
+    wants_windows = False  # whether window() writes anything: if not, the engine need not build each window for it
+
     def __init__(self, classes: list[str], top: int = 3):
         self.classes, self.top, self.source = list(classes), top, ""
 
@@ -64,6 +66,7 @@ class JsonLinesSink(Sink):
     def __init__(self, stream: TextIO, classes: list[str], frames: bool = False, top: int = 3):
         super().__init__(classes, top)
         self.stream, self.frames = stream, frames
+        self.wants_windows = frames
 
     def _write(self, obj: dict) -> None:
         self.stream.write(json.dumps(obj) + "\n")

@@ -217,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
                             progress.update(task, completed=i + min(window.end / duration, 1.0))
 
                     with interrupts.armed():
-                        summary = engine.run(source, on_window=on_window, on_event=None if args.clip else sink.event,
+                        summary = engine.run(source, on_window=on_window if show_progress or sink.wants_windows else None,
+                                             on_event=None if args.clip else sink.event,
                                              max_seconds=args.duration)
                 except StreamtagError as exc:
                     say(f"streamtag: error: {exc}")
