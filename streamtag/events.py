@@ -18,6 +18,7 @@ seconds of the input, computed from sample positions.
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 
