@@ -206,9 +206,11 @@ class Engine:
         self._resampler = None if rate == self.spec.sample_rate else soxr.ResampleStream(
             rate, self.spec.sample_rate, 1, dtype="float32", quality="VHQ")
         read = max(1, int(self.read_seconds * rate))
-        if source.live:  # the ring's size bounds how far behind live audio the engine may fall
-            read = max(1, min(read, int(self.ring_seconds * rate) // 2))
-        capacity = max(int(self.ring_seconds * rate), 2 * read) if source.live else 2 * read
+        if source.live:  # the ring's size bounds how far behind live audio the engine may fall; a read is half of it
+            capacity = max(int(self.ring_seconds * rate), 2)
+            read = min(read, capacity // 2)
+        else:
+            capacity = 2 * read
         ring = self._ring = RingBuffer(capacity, source.channels)
         limit = None if max_seconds is None else max(0, round(max_seconds * rate))
         block = np.empty((read, source.channels), dtype=np.float32)

@@ -65,15 +65,14 @@ class JsonLinesSink(Sink):
 
     def __init__(self, stream: TextIO, classes: list[str], frames: bool = False, top: int = 3):
         super().__init__(classes, top)
-        self.stream, self.frames = stream, frames
-        self.wants_windows = frames
+        self.stream, self.wants_windows = stream, frames
 
     def _write(self, obj: dict) -> None:
         self.stream.write(json.dumps(obj) + "\n")
         self.stream.flush()
 
     def window(self, window: WindowScores) -> None:
-        if self.frames:
+        if self.wants_windows:
             self._write({"type": "window", "source": self.source, "index": window.index,
                          "start": round(window.start, 6), "end": round(window.end, 6),
                          "scores": {c: round(float(s), 6) for c, s in zip(self.classes, window.scores)}})
