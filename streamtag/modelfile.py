@@ -272,8 +272,13 @@ def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
     folded into the layers before them and weights prepacked for oneDNN, which
     measured 1.0 ms instead of 1.7 per window at batch 1 and a quarter less
     time per window at batch 256 (outputs equal to 1e-6). On CUDA the module as
-    saved, the path the GPU benchmark and tests measure."""
+    saved, with cuDNN's convolutions held to full float32: by default they may
+    use TF32, which on an H200 moved batch-1 probabilities by up to 3e-4 from
+    the CPU's and flipped 0.03 % of decisions (2e-6 and none in full float32).
+    The setting is process-wide; a window costs the same either way, the GPU
+    being bound by kernel launches at this size."""
     if device != "cpu":
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
         return module
     methods = [m for m in _STEM_METHODS if hasattr(module, m)]  # preserved through freezing
     with _torchscript():

@@ -162,9 +162,10 @@ def test_predict_batches_and_validates(random_model_file):
     model = load_model(random_model_file)
     x = _windows(11)
     whole = model.predict(x)
-    np.testing.assert_allclose(model.predict(x, batch_size=4), whole, atol=1e-6)
-    np.testing.assert_allclose(model.predict(x[3:4]), whole[3:4], atol=1e-6)
-    np.testing.assert_allclose(model.predict(x.astype(np.float64)), whole, atol=1e-6)
+    atol = 1e-6 if model.device == "cpu" else 1e-5  # cuDNN picks its algorithm, so its sum order, per batch size
+    np.testing.assert_allclose(model.predict(x, batch_size=4), whole, atol=atol)
+    np.testing.assert_allclose(model.predict(x[3:4]), whole[3:4], atol=atol)
+    np.testing.assert_allclose(model.predict(x.astype(np.float64)), whole, atol=atol)
     assert model.predict(x[:0]).shape == (0, 10)
     assert len(np.unique(whole.round(4))) > 10  # the windows really give different answers
     with pytest.raises(ModelError, match="shape"):
@@ -395,8 +396,10 @@ def test_cuda_path(random_model_file):
     assert model.device == "cuda"
     assert next(model.module.parameters()).is_cuda
     x = _windows(300)  # more than one internal batch
-    np.testing.assert_allclose(model.predict(x), load_model(random_model_file, device="cpu").predict(x),
-                               atol=1e-4)
+    on_cpu = load_model(random_model_file, device="cpu").predict(x)
+    np.testing.assert_allclose(model.predict(x), on_cpu, atol=1e-5)
+    # batch 1 is where cuDNN picks TF32 convolutions unless load_model holds them to float32 (3e-4 off)
+    np.testing.assert_allclose(model.predict(x[:20], batch_size=1), on_cpu[:20], atol=1e-5)
 
 
 def test_int8_dense_layers_stay_close(tmp_path):
