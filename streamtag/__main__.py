@@ -1,3 +1,3 @@
-from streamtag.cli import main
+from streamtag.cli import entry_point
 
-raise SystemExit(main())
+entry_point()

@@ -9,6 +9,7 @@ one line on standard error and exit with code 2; never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -172,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-duration", type=float, default=0.25, metavar="SECONDS",
                    help="drop events shorter than this (default 0.25)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this much of each input")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads for the network (default 1: a window at a time gains nothing from more, "
-                        "and on busy cores extra threads stall each other)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for the network (default: torch's, one per core, for files and standard "
+                        "input, whose windows come in large batches; 1 with --mic, a window at a time)")
     p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
     p.set_defaults(run=_cmd_tag)
@@ -220,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch's CPU threads (OpenMP) spin between parallel regions by default; beside another busy process, such as a
+    # second streamtag tag in a shell script's parallel jobs, the spinning threads starve it and each other (two
+    # jobs of 2 threads on 2 cores took 1.4-1.6x as long as two of 1). Sleeping instead cost one job nothing
+    # measurable. OpenMP reads this once, when torch loads it, so it is set before any command imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     from streamtag.errors import StreamtagError
@@ -231,3 +237,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def entry_point() -> None:
+    """The ``streamtag`` program: :func:`main`, then an immediate exit.
+
+    Python's shutdown tears down every object that torch and numba created,
+    which took 1.2-1.5 s here: more than the tagging of ten minutes of audio,
+    paid by every call in a shell script. When ``main`` returns, its outputs
+    are closed and its threads have ended, so once the standard streams are
+    flushed nothing is left that the teardown would do for us."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that has gone (| head): nothing more to tell it
+            pass
+    os._exit(code)

@@ -37,8 +37,8 @@ CONV_FILTERS = 80
 BAND_MARGIN = 3  # the first filters span n_mels - 3 bands (57 of 60)
 CONV1_FRAMES = 6
 POOL1 = ((4, 3), (1, 3))  # (kernel, stride)
-_POOL1_COLUMNS = POOL1[0][1]  # its kernel width, which is also its stride: the pools do not overlap
-assert POOL1[0] == (BAND_MARGIN + 1, _POOL1_COLUMNS) and POOL1[1] == (1, _POOL1_COLUMNS)
+POOL1_COLUMNS = POOL1[0][1]  # its kernel width, which is also its stride: the pools do not overlap
+assert POOL1[0] == (BAND_MARGIN + 1, POOL1_COLUMNS) and POOL1[1] == (1, POOL1_COLUMNS)
 CONV2_FRAMES = 3
 POOL2 = ((1, 3), (1, 3))
 
@@ -88,7 +88,7 @@ class PiczakCNN(nn.Module):
         bias = not batch_norm  # a batch norm right after a layer makes its bias redundant
         self.conv1 = nn.Conv2d(2, CONV_FILTERS, (n_mels - BAND_MARGIN, CONV1_FRAMES), bias=bias)
         self.bn1 = nn.BatchNorm2d(CONV_FILTERS) if batch_norm else nn.Identity()
-        self.pool1_columns = _POOL1_COLUMNS
+        self.pool1_columns = POOL1_COLUMNS
         self.conv2 = nn.Conv2d(CONV_FILTERS, CONV_FILTERS, (1, CONV2_FRAMES), bias=bias)
         self.bn2 = nn.BatchNorm2d(CONV_FILTERS) if batch_norm else nn.Identity()
         self.pool2 = nn.MaxPool2d(*POOL2)
@@ -122,15 +122,29 @@ class PiczakCNN(nn.Module):
     @torch.jit.export
     def classify(self, columns: torch.Tensor) -> torch.Tensor:
         """The rest of the network on windows of stem columns ``(N, 80, 4, frames - 5)``: logits.
-        Rows already max-pooled, ``(N, 80, 1, frames - 5)``, give the same logits (the engine's scorer
-        pools each column's rows once)."""
-        # pool1 spans all 4 rows of the stem: a max over rows, then over each 3 columns; the same numbers as
-        # nn.MaxPool2d(POOL1), which has no fast CPU kernel for this shape (1.5 ms instead of 0.1 for 43 windows)
+        Rows already max-pooled, ``(N, 80, 1, frames - 5)``, give the same logits."""
+        return self.classify_pooled(self.pool1(columns))
+
+    def pool1(self, columns: torch.Tensor) -> torch.Tensor:
+        """Piczak's first max pooling on stem columns: ``(N, 80, 1, (frames - 5) // 3)``.
+
+        It spans all 4 rows of the stem: a max over rows, then over each 3 columns; the same numbers as
+        ``nn.MaxPool2d(POOL1)``, which has no fast CPU kernel for this shape (1.5 ms instead of 0.1 for 43
+        windows)."""
         x = columns.amax(dim=2, keepdim=True)
         step = self.pool1_columns
         width = x.size(3) // step * step
-        x = x[:, :, :, :width].reshape(x.size(0), x.size(1), 1, width // step, step).amax(dim=4)
-        x = self.pool2(F.relu(self.bn2(self.conv2(x))))
+        return x[:, :, :, :width].reshape(x.size(0), x.size(1), 1, width // step, step).amax(dim=4)
+
+    @torch.jit.export
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The rest of the network on windows of pooled stem columns (:meth:`pool1`'s output): logits.
+
+        Pooled column ``j`` of a window starting at stem column ``s`` is the max of columns
+        ``s + 3j .. s + 3j + 2`` (and of the rows), so over a stream of overlapping windows the pooling is
+        taken once per column and each window reads every third pooled column: the engine's scorer does
+        that, and this is the part of the network that remains per window."""
+        x = self.pool2(F.relu(self.bn2(self.conv2(pooled))))
         x = torch.flatten(x, 1)
         x = self.drop(F.relu(self.bn3(self.fc1(x))))
         x = self.drop(F.relu(self.bn4(self.fc2(x))))

@@ -44,7 +44,7 @@ from torch import nn
 import streamtag
 from streamtag.errors import ModelError, ModelFileError, ModelNotFoundError, SpecError
 from streamtag.features import FeatureSpec
-from streamtag.model import CONV1_FRAMES, HEADS, PiczakCNN, quantize_dense
+from streamtag.model import CONV1_FRAMES, HEADS, POOL1_COLUMNS, PiczakCNN, quantize_dense
 from streamtag.scorer import WindowScorer
 
 FORMAT = "streamtag-model"
@@ -64,7 +64,7 @@ def _torchscript():
         yield
 
 
-_STEM_METHODS = ("stem", "classify")  # files saved before these existed score window by window
+_STEM_METHODS = ("stem", "classify_pooled")  # files saved before these existed score window by window
 
 
 class _Probabilities(nn.Module):
@@ -82,8 +82,8 @@ class _Probabilities(nn.Module):
         return self.net.stem(frames)
 
     @torch.jit.export
-    def classify(self, columns: torch.Tensor) -> torch.Tensor:
-        return self.net.probabilities(self.net.classify(columns))
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net.probabilities(self.net.classify_pooled(pooled))
 
 
 def _scripted(net: PiczakCNN, quantize: bool) -> torch.jit.ScriptModule:
@@ -214,21 +214,24 @@ class TaggerModel:
 
 class StemScorer(WindowScorer):
     """Scores a stream's windows from the stem's columns (``PiczakCNN.stem``),
-    each computed once, when its last frame arrives.
+    each computed and pooled once, when its last frame arrives.
 
     Column ``t`` of the first convolution depends on frames ``t .. t + 5``
-    only, so the scores equal ``predict`` on the same windows (to float
-    rounding; in practice bit for bit) while each window costs only its
-    ``classify``: live at a hop of one frame, one new column per window instead
-    of all of them (a 41-frame window has 36), and for files no column is
-    computed twice across the engine's reads. Between calls it keeps the last
-    5 frames and the last window's columns but one.
+    only, and the first pooling of a window's columns is a max over each 3 of
+    them, so the scores equal ``predict`` on the same windows (to float
+    rounding; in practice bit for bit) while each window costs only
+    ``classify_pooled``: live at a hop of one frame, one new column per window
+    instead of all of them (a 41-frame window has 36), and for files no column
+    is computed or pooled twice across the engine's reads. Between calls it
+    keeps the last 5 frames and the last window's columns but one.
     """
 
     def __init__(self, model: TaggerModel):
         super().__init__(model)
         self.keep_frames = CONV1_FRAMES - 1
         self._width = self.window_frames - CONV1_FRAMES + 1  # stem columns per window
+        # stem columns from a window's first pooled column to its last
+        self._reach = (self._width // POOL1_COLUMNS - 1) * POOL1_COLUMNS + 1
         self._module, self._device = model.module, model.device
 
     def reset(self) -> None:
@@ -242,29 +245,33 @@ class StemScorer(WindowScorer):
         with torch.inference_mode():
             if len(span) >= CONV1_FRAMES:
                 stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None].to(self._device)
-                # classify's first step is a max over the stem's 4 rows, the same for every window holding the
-                # column: taken once here, it shrinks what is kept and copied per window fourfold
+                # the first pooling's max over the stem's 4 rows, the same for every window holding the column:
+                # taken once here, it shrinks what is kept fourfold
                 new = self._module.stem(stretch)[0].amax(dim=1, keepdim=True)
                 self._columns = new if self._columns is None else torch.cat([self._columns, new], dim=2)
             out = np.empty((len(ends), self.n_classes), dtype=np.float32)
             if len(ends):
+                # ...and its max over each 3 columns, at every column: window column s + 3j reads pooled[s + 3j]
+                pooled = self._columns.unfold(2, POOL1_COLUMNS, 1).amax(dim=3)
                 # the column of frame f sits at f - first; a window ending at frame e starts at e - window + 1
                 first = self.frames_seen + len(piece) - (CONV1_FRAMES - 1) - self._columns.shape[2]
                 starts = ends - (self.window_frames - 1) - first
                 for i in range(0, len(ends), BATCH):
-                    windows = self._windows(starts[i:i + BATCH]).permute(2, 0, 1, 3).contiguous()
-                    out[i:i + BATCH] = self._module.classify(windows).float().cpu().numpy()
+                    windows = self._windows(pooled, starts[i:i + BATCH]).permute(2, 0, 1, 3)
+                    out[i:i + BATCH] = self._module.classify_pooled(windows).float().cpu().numpy()
         if self._columns is not None:
             self._columns = self._columns[:, :, -(self._width - 1):]  # what a later window can still need
         return out
 
-    def _windows(self, starts: np.ndarray) -> torch.Tensor:
-        """The windows of columns starting at ``starts`` (increasing), ``(80, 1, n, width)``:
+    def _windows(self, pooled: torch.Tensor, starts: np.ndarray) -> torch.Tensor:
+        """Each window's every third pooled column from ``starts`` (increasing), ``(80, 1, n, width // 3)``:
         a strided view when evenly spaced, as the engine asks for them."""
         step = int(starts[1] - starts[0]) if len(starts) > 1 else 1
         if (np.diff(starts) == step).all():
-            return self._columns[:, :, int(starts[0]):].unfold(2, self._width, step)[:, :, :len(starts)]
-        return self._columns.unfold(2, self._width, 1)[:, :, torch.from_numpy(starts).to(self._device)]
+            reach = pooled[:, :, int(starts[0]):].unfold(2, self._reach, step)[:, :, :len(starts)]
+        else:
+            reach = pooled.unfold(2, self._reach, 1)[:, :, torch.from_numpy(starts).to(self._device)]
+        return reach[..., ::POOL1_COLUMNS]
 
 
 def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.ScriptModule:

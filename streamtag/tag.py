@@ -176,9 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
     from streamtag.modelfile import load_model
 
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise StreamtagError(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    if args.threads is not None or args.mic is not None:  # else torch's default: one thread per core
+        torch.set_num_threads(args.threads or 1)
     model = load_model(args.model, int8=args.int8)
     engine = Engine(model, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
                     hysteresis=args.hysteresis, min_duration=args.min_duration)

@@ -305,7 +305,7 @@ def test_a_file_without_the_stem_is_scored_window_by_window(tmp_path):
     old = tmp_path / "old.pt"
     torch.jit.save(torch.jit.script(ForwardOnly(net)), str(old), _extra_files={METADATA_NAME: metadata})
     model = load_model(old, device="cpu")
-    assert not hasattr(model.module, "classify")
+    assert not hasattr(model.module, "classify_pooled")
     scorer = model.scorer()
     assert type(scorer) is WindowScorer
     frames, ends = _stretch(120), np.arange(40, 120, 4)

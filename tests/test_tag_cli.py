@@ -131,7 +131,7 @@ def float_wav(tmp_path, samples) -> bytes:
 @pytest.mark.parametrize("case", [
     "missing file", "junk file", "empty file", "nan samples", "raw u8", "raw without rate", "raw rate not a number",
     "raw zero channels", "raw without stdin", "rate without raw", "stdin cut in header", "stdin not wav",
-    "stdin mu-law", "missing model", "frames with csv", "audacity clip", "no input"])
+    "stdin mu-law", "missing model", "frames with csv", "audacity clip", "no input", "zero threads"])
 def test_bad_input_gives_one_line_and_exit_2(case, capsys, monkeypatch, random_model_file, clip, tmp_path):
     model = ["--model", random_model_file]
     junk = tmp_path / "junk.wav"
@@ -161,6 +161,7 @@ def test_bad_input_gives_one_line_and_exit_2(case, capsys, monkeypatch, random_m
         "frames with csv": ([*model, "--frames", "-f", "csv", clip], "--frames writes JSON Lines"),
         "audacity clip": ([*model, "--clip", "-f", "audacity", clip], "Audacity"),
         "no input": ([*model], "no input"),
+        "zero threads": ([*model, "--threads", "0", clip], "--threads must be at least 1"),
     }[case]
     stdin = {"stdin cut in header": clip.read_bytes()[:30], "stdin not wav": b"hello, world" * 10,
              "stdin mu-law": mulaw.getvalue()}.get(case, b"")
@@ -172,6 +173,23 @@ def test_bad_input_gives_one_line_and_exit_2(case, capsys, monkeypatch, random_m
     errors = [line for line in err.splitlines() if line.startswith("streamtag: error:")]
     assert len(errors) == 1 and expect in errors[0], err
     assert "Traceback" not in err
+
+
+def test_files_use_torchs_threads_unless_told_and_openmp_threads_sleep(capsys, monkeypatch, random_model_file, clip):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    try:
+        torch.set_num_threads(2)
+        assert tag(capsys, monkeypatch, "--model", random_model_file, "-q", clip)[0] == 0
+        assert torch.get_num_threads() == 2  # a file's windows come in batches: torch's threads stay
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # for the torch a command loads after it
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        assert tag(capsys, monkeypatch, "--model", random_model_file, "-q", "--threads", "1", clip)[0] == 0
+        assert torch.get_num_threads() == 1 and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_stream_cut_mid_sample_is_tagged_then_reported(capsys, monkeypatch, random_model_file, clip):
