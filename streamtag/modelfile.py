@@ -203,8 +203,9 @@ class TaggerModel:
 
     def scorer(self) -> WindowScorer:
         """A scorer for a stream of frames (:mod:`streamtag.scorer`): one that
-        computes each frame's first-layer output once, or, for model files saved
-        before the network exported its stem, one that scores window by window."""
+        computes and pools each frame's first-layer output once, or, for model
+        files saved before the network exported ``stem`` and ``classify_pooled``,
+        one that scores window by window."""
         return StemScorer(self) if self._shares_stem else WindowScorer(self)
 
     def __repr__(self) -> str:
