@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # torch's CPU threads (OpenMP) spin between parallel regions by default; beside another busy process, such as a
     # second streamtag tag in a shell script's parallel jobs, the spinning threads starve it and each other (two
-    # jobs of 2 threads on 2 cores took 1.4-1.6x as long as two of 1). Sleeping instead cost one job nothing
+    # jobs of 2 threads on 2 cores took 1.35-1.9x as long as two of 1). Sleeping instead cost one job nothing
     # measurable. OpenMP reads this once, when torch loads it, so it is set before any command imports torch.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
