@@ -21,18 +21,22 @@ from streamtag.features import DELTA_TAPS, FeatureSpec, hann_periodic, mel_filte
 from streamtag.spectrum import SpectrumPlan, make_plan, power_spectrum
 
 _FLOAT32 = np.dtype(np.float32)
+_UNIT_STRIDE = (_FLOAT32.itemsize,)  # the strides of a C-contiguous float32 vector, and of nothing else
 _SLAB_FRAMES = 256  # frames per block that push() carves its outputs from
 _HISTORY = 2 * DELTA_TAPS + 1  # log-mel frames the causal delta filter reads
 _BUFFER_HOPS = 16  # the sample buffer holds a frame plus this many hops, so it is compacted once per 16 hops
 
-# The kernel takes its state, tables and scratch packed into one int64 and one
-# float64 array: every argument costs time on every call, and with a dozen
-# arrays and the FFT plan's tuple that alone cost more than computing a frame.
-# Layout (see Frontend.__init__):
-#   ints:   [start, end, emitted, slot, hop, n_fft, n_mels, nnz, passes, buffer] fb_ptr fb_bin gather
-#   floats: buf hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
-_START, _END, _EMITTED, _SLOT, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER = range(10)
-_HEADER = 10
+# The kernel takes everything it keeps between calls (state, tables, scratch
+# and the window ring) in one float64 array, with integers and the float32 ring
+# as views of parts of it: each array argument costs ~80 ns on every call, and
+# with a dozen arrays and the FFT plan's tuple that alone cost more than
+# computing a frame. Layout (see Frontend.__init__), in float64 words:
+#   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, passes, buffer, ints, ring]
+#   tables (int64)   fb_ptr fb_bin gather
+#   floats           buf hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
+#   ring (float32)   (2, n_mels, 2 * history)
+_START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER, _INTS, _RING = range(13)
+_HEADER = 13
 
 _LN2 = 0.6931471805599453
 _DB_PER_LN = 10.0 / 2.302585092994046  # dB per natural-log unit: 10 / ln 10
@@ -68,9 +72,11 @@ def _to_db(energy, mantissa, out):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _push_kernel(x, ints, floats, ring, out):
-    """Consume the samples ``x``; write every frame they complete to ``out``, the
-    delta history and the window ring ``ring``; return the new end of the sample buffer.
+def _push_kernel(x, state, out):
+    """Consume the samples ``x`` and write every frame they complete to ``out``
+    from row ``used`` on, the delta history and the window ring; return the new
+    ``used``. If ``out`` lacks the rows, consume nothing and return ``-1 - rows
+    needed``, so the caller can hand over a larger ``out``.
 
     ``buf[start:end]`` holds the samples not yet consumed by a hop: a frame is
     the contiguous slice ``buf[start:start + n_fft]``, so nothing is shifted per
@@ -79,8 +85,22 @@ def _push_kernel(x, ints, floats, ring, out):
     history long, and when it is full the newest history moves to the front, so
     the newest frames always form one contiguous slice ending at ``s``.
     """
+    ints = state.view(np.int64)
     hop, n_fft, n_mels, nnz, passes = ints[_HOP], ints[_NFFT], ints[_NMELS], ints[_NNZ], ints[_PASSES]
     size = ints[_BUFFER]
+    start, end = ints[_START], ints[_END]
+    n = x.shape[0]
+    pending = end - start + n
+    count = (pending - n_fft) // hop + 1 if pending >= n_fft else 0
+    produced = ints[_USED]
+    if produced + count > out.shape[0]:
+        return -1 - count
+    if count == 0 and end + n <= size:  # no frame completes and the buffer has room: a copy
+        dst = state[ints[_INTS] + end:ints[_INTS] + end + n]
+        for k in range(n):
+            dst[k] = x[k]
+        ints[_END] = end + n
+        return produced
     half = n_fft // 2
     at = _HEADER
     fb_ptr = ints[at:at + n_mels + 1]
@@ -88,39 +108,39 @@ def _push_kernel(x, ints, floats, ring, out):
     fb_bin = ints[at:at + nnz]
     at += nnz
     gather = ints[at:at + half]
-    buf = floats[:size]
-    at = size
-    hist = floats[at:at + _HISTORY * n_mels].reshape((_HISTORY, n_mels))
+    at = ints[_INTS]
+    buf = state[at:at + size]
+    at += size
+    hist = state[at:at + _HISTORY * n_mels]  # _HISTORY rows of n_mels: flat, as a reshape costs ~35 ns
     at += _HISTORY * n_mels
-    window = floats[at:at + n_fft]
+    window = state[at:at + n_fft]
     at += n_fft
-    fb_w = floats[at:at + nnz]
+    fb_w = state[at:at + nnz]
     at += nnz
-    amin = floats[at]
+    amin = state[at]
     at += 1
-    twiddles = floats[at:at + passes * 6 * (half // 4)].reshape((passes, 6, half // 4))
+    twiddles = state[at:at + passes * 6 * (half // 4)]
     at += passes * 6 * (half // 4)
-    post_twiddles = floats[at:at + n_fft].reshape((2, half))
+    post_twiddles = state[at:at + n_fft]
     at += n_fft
-    work = floats[at:at + 5 * half].reshape((5, half))
+    work = state[at:at + 5 * half]
     at += 5 * half
     plan = SpectrumPlan(twiddles, post_twiddles, gather, work)
-    power = floats[at:at + half + 1]
+    power = state[at:at + half + 1]
     at += half + 1
-    energy = floats[at:at + n_mels]
+    energy = state[at:at + n_mels]
     at += n_mels
-    mantissa = floats[at:at + n_mels]
+    mantissa = state[at:at + n_mels]
     at += n_mels
-    logmel = floats[at:at + n_mels]
+    logmel = state[at:at + n_mels]
     at += n_mels
-    delta = floats[at:at + n_mels]
+    delta = state[at:at + n_mels]
+    ring = state[ints[_RING]:].view(np.float32)  # (2, n_mels, ring_slots), flat
+    ring_slots = ring.shape[0] // (2 * n_mels)
 
-    capacity = ring.shape[2] // 2
-    start, end = ints[_START], ints[_END]
+    capacity = ring_slots // 2
     emitted, slot = ints[_EMITTED], ints[_SLOT]
-    produced = 0
     i = 0
-    n = x.shape[0]
     while i < n:
         if end == size:  # buffer full: move the unconsumed tail (less than a frame) to the front
             tail = buf[start:end]
@@ -147,43 +167,43 @@ def _push_kernel(x, ints, floats, ring, out):
                 energy[m] = max(acc, amin)
             _to_db(energy, mantissa, logmel)
             # causal delta over the last 9 log-mel frames; edge-pad the stream start
-            if emitted == 0:
-                for r in range(_HISTORY):
-                    hist[r, :] = logmel
-            else:
-                hist[emitted % _HISTORY, :] = logmel
+            for r in range(_HISTORY if emitted == 0 else 1):
+                row = (emitted + r) % _HISTORY
+                hist[row * n_mels:(row + 1) * n_mels] = logmel
             delta[:] = 0.0
             for tap in range(1, DELTA_TAPS + 1):
-                later = hist[(emitted - DELTA_TAPS + tap) % _HISTORY]
-                earlier = hist[(emitted - DELTA_TAPS - tap + _HISTORY) % _HISTORY]
+                row = (emitted - DELTA_TAPS + tap) % _HISTORY
+                later = hist[row * n_mels:(row + 1) * n_mels]
+                row = (emitted - DELTA_TAPS - tap + _HISTORY) % _HISTORY
+                earlier = hist[row * n_mels:(row + 1) * n_mels]
                 for m in range(n_mels):
                     delta[m] += tap * (later[m] - earlier[m])
             frame = out[produced]
             for m in range(n_mels):
                 frame[0, m] = logmel[m]
                 frame[1, m] = delta[m]
-            if slot == ring.shape[2]:  # the ring is full: its newest window-worth of frames moves to the front
-                for c in range(2):
-                    for m in range(n_mels):
-                        for k in range(capacity):
-                            ring[c, m, k] = ring[c, m, slot - capacity + k]
+            if slot == ring_slots:  # the ring is full: its newest window-worth of frames moves to the front
+                for row in range(2 * n_mels):
+                    line = ring[row * ring_slots:(row + 1) * ring_slots]
+                    for k in range(capacity):
+                        line[k] = line[slot - capacity + k]
                 slot = capacity
             for m in range(n_mels):
-                ring[0, m, slot] = frame[0, m]
-                ring[1, m, slot] = frame[1, m]
+                ring[m * ring_slots + slot] = frame[0, m]
+                ring[(n_mels + m) * ring_slots + slot] = frame[1, m]
             slot += 1
             emitted += 1
             produced += 1
     ints[_START], ints[_END] = start, end
-    ints[_EMITTED], ints[_SLOT] = emitted, slot
-    return end
+    ints[_EMITTED], ints[_SLOT], ints[_USED] = emitted, slot, produced
+    return produced
 
 
 # The one signature push() calls the kernel with. push() calls the compiled
 # function for it directly: the dispatcher's per-call type resolution costs
 # ~0.4 us, a tenth of a frame. push() makes x a C-contiguous float32 vector and
-# owns the other four arrays, so the types always match.
-_PUSH_SIGNATURE = "int64(float32[::1], int64[::1], float64[::1], float32[:, :, ::1], float32[:, :, ::1])"
+# owns the other two arrays, so the types always match.
+_PUSH_SIGNATURE = "int64(float32[::1], float64[::1], float32[:, :, ::1])"
 
 
 @functools.cache
@@ -208,33 +228,37 @@ class Frontend:
             raise ValueError(f"history must be a positive int, got {history!r}")
         self.history = history
         s = self.spec
-        self._n_fft, self._hop, self._n_mels = s.n_fft, s.hop_length, s.n_mels
-        self._size = s.n_fft + _BUFFER_HOPS * s.hop_length
+        self._n_mels = s.n_mels
+        size = s.n_fft + _BUFFER_HOPS * s.hop_length
         fb = mel_filterbank(s)
         rows, cols = np.nonzero(fb)
         plan = make_plan(s.n_fft)
-        header = np.zeros(_HEADER, dtype=np.int64)
-        header[[_HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER]] = (
-            s.hop_length, s.n_fft, s.n_mels, rows.size, len(plan.twiddles), self._size)
         fb_ptr = np.searchsorted(rows, np.arange(s.n_mels + 1))
-        self._ints = np.concatenate([header, fb_ptr, cols, plan.gather]).astype(np.int64)
-        self._floats = np.concatenate([
-            np.zeros(self._size), np.zeros(_HISTORY * s.n_mels),  # buf, hist: state
+        tables = np.concatenate([fb_ptr, cols, plan.gather]).astype(np.int64)
+        floats = np.concatenate([
+            np.zeros(size), np.zeros(_HISTORY * s.n_mels),  # buf, hist: state
             hann_periodic(s.n_fft), fb[rows, cols], [s.amin],
             plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
             np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
-        self._buf = self._floats[:self._size]  # a view, for the Python fast path in push()
-        self._empty = np.empty((0, 2, s.n_mels), dtype=np.float32)
-        self._ring = np.zeros((2, s.n_mels, 2 * self.history), dtype=np.float32)
-        self._end = self._fill = 0  # mirrors of the kernel's buffer end and of end - start
+        ring_words = s.n_mels * 2 * history  # (2, n_mels, 2 * history) float32
+        self._state = np.zeros(_HEADER + len(tables) + len(floats) + ring_words)
+        self._ints = self._state.view(np.int64)
+        header = [0] * _HEADER
+        header[_HOP], header[_NFFT], header[_NMELS] = s.hop_length, s.n_fft, s.n_mels
+        header[_NNZ], header[_PASSES], header[_BUFFER] = rows.size, len(plan.twiddles) // (6 * (s.n_fft // 8)), size
+        header[_INTS], header[_RING] = _HEADER + len(tables), _HEADER + len(tables) + len(floats)
+        self._ints[:_HEADER] = header
+        self._ints[_HEADER:_HEADER + len(tables)] = tables
+        self._state[header[_INTS]:header[_RING]] = floats
+        self._ring = self._state[header[_RING]:].view(np.float32).reshape(2, s.n_mels, 2 * history)
         self._slab = np.empty((_SLAB_FRAMES, 2, s.n_mels), dtype=np.float32)
-        self._slab_used = 0
+        self._used = 0  # mirror of the kernel's count of the slab's rows handed out
         self._kernel = _compiled_push_kernel()
 
     def reset(self) -> None:
         """Forget all audio: the next sample starts a new stream."""
-        self._ints[[_START, _END, _EMITTED, _SLOT]] = 0
-        self._end = self._fill = 0
+        ints = self._ints
+        ints[_START] = ints[_END] = ints[_EMITTED] = ints[_SLOT] = 0
 
     @property
     def frames_emitted(self) -> int:
@@ -244,51 +268,28 @@ class Frontend:
     @property
     def samples_pending(self) -> int:
         """Samples received but not yet part of an emitted frame's hop."""
-        return self._fill
+        return int(self._ints[_END] - self._ints[_START])
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Feed ``samples`` (1-D, any length); return the frames they complete, float32 ``(n, 2, n_mels)``.
 
-        The returned array is the caller's: later pushes never write to it.
+        The returned array is the caller's: later pushes never write to it. It is
+        a slice of a slab of frames that later pushes carve further: slicing costs
+        a third of ``np.empty``, which is a tenth of a hop.
         """
         x = samples
-        if type(x) is not np.ndarray or x.dtype is not _FLOAT32 or x.ndim != 1 or not x.flags.c_contiguous:
+        if type(x) is not np.ndarray or x.dtype is not _FLOAT32 or x.strides != _UNIT_STRIDE:  # not C-contiguous 1-D
             x = np.asarray(x, dtype=np.float32)
             if x.ndim != 1:
                 raise AudioError(f"Frontend.push takes mono samples as a 1-D array, got shape {x.shape}")
             x = np.ascontiguousarray(x)  # the compiled kernel's signature
-        n = x.shape[0]
-        avail = self._fill + n
-        end = self._end + n
-        if avail < self._n_fft and end <= self._size:  # no frame completes and the buffer has room: a copy
-            self._buf[self._end:end] = x
-            self._ints[_END] = self._end = end
-            self._fill = avail
-            return self._empty
-        count = (avail - self._n_fft) // self._hop + 1 if avail >= self._n_fft else 0
-        used = self._slab_used + count
-        if used <= _SLAB_FRAMES:  # the common case, inline: a method call costs a fiftieth of a hop
-            out = self._slab[self._slab_used:used]
-            self._slab_used = used
-        else:
-            out = self._frames(count)
-        self._end = self._kernel(x, self._ints, self._floats, self._ring, out)
-        self._fill = avail - count * self._hop
-        return out
-
-    def _frames(self, count: int) -> np.ndarray:
-        """A fresh float32 ``(count, 2, n_mels)`` array for ``push`` to fill when
-        the current slab has no room for it.
-
-        ``push`` carves small requests from a slab, never handing out a row
-        twice: slicing is a third of the cost of ``np.empty`` (which is a tenth
-        of a hop). This starts a new slab, or allocates a large request alone.
-        """
-        if count > _SLAB_FRAMES // 4:
-            return np.empty((count, 2, self._n_mels), dtype=np.float32)
-        self._slab = np.empty((_SLAB_FRAMES, 2, self._n_mels), dtype=np.float32)
-        self._slab_used = count
-        return self._slab[:count]
+        first = self._used
+        used = self._used = self._kernel(x, self._state, self._slab)
+        if used < 0:  # the slab is full: start a new one, large enough for these frames
+            self._slab = np.empty((max(_SLAB_FRAMES, -1 - used), 2, self._n_mels), dtype=np.float32)
+            self._ints[_USED] = first = 0
+            used = self._used = self._kernel(x, self._state, self._slab)
+        return self._slab[first:used]
 
     def window(self, n_frames: int) -> np.ndarray:
         """The newest ``n_frames`` frames as a model window, float32 ``(2, n_mels, n_frames)``.

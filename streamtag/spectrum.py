@@ -51,14 +51,16 @@ _HALF_SQRT2 = 0.7071067811865476
 
 class SpectrumPlan(NamedTuple):
     """Tables and scratch for one ``n_fft``; a tuple of arrays, so numba takes it as is.
+    All are flat, so that a caller can carve them from one larger array without a reshape
+    (~35 ns each inside numba).
 
     ``work`` is scratch that every call overwrites: give each thread its own plan.
     """
 
-    twiddles: np.ndarray  # (passes, 6, n_fft // 8): re/im of w, w**2, w**3 per butterfly
-    post_twiddles: np.ndarray  # (2, n_fft // 2): cos/sin of -2 pi k / n_fft, bit-reversed k
-    gather: np.ndarray  # (n_fft // 2,) int64: where the power of bin k lies in work[4]
-    work: np.ndarray  # (5, n_fft // 2): two re/im ping-pong buffers and the unordered powers
+    twiddles: np.ndarray  # (passes * 6 * n_fft // 8,): per pass, rows re/im of w, w**2, w**3 per butterfly
+    post_twiddles: np.ndarray  # (n_fft,): cos, then sin, of -2 pi k / n_fft, bit-reversed k
+    gather: np.ndarray  # (n_fft // 2,) int64: where the power of bin k lies in the work's last row
+    work: np.ndarray  # (5 * n_fft // 2,): two re/im ping-pong buffers and the unordered powers
 
 
 def _bit_reverse(m: int) -> np.ndarray:
@@ -106,7 +108,7 @@ def make_plan(n_fft: int) -> SpectrumPlan:
         b *= 2
     gather = np.empty(m, dtype=np.int64)
     gather[freq] = where
-    return SpectrumPlan(twiddles, post_twiddles, gather, np.zeros((5, m)))
+    return SpectrumPlan(twiddles.ravel(), post_twiddles.ravel(), gather, np.zeros(5 * m))
 
 
 @numba.njit(**_JIT)
@@ -167,11 +169,12 @@ def _load8(xr, xi, j, q):
 
 
 @numba.njit(**_JIT)
-def _twiddle4(v, tw, j):
-    """Multiply output r of a radix-4 butterfly by ``w**r``."""
-    y1 = _cmul(v[2], v[3], tw[0, j], tw[1, j])
-    y2 = _cmul(v[4], v[5], tw[2, j], tw[3, j])
-    y3 = _cmul(v[6], v[7], tw[4, j], tw[5, j])
+def _twiddle4(v, tw, j, q):
+    """Multiply output r of radix-4 butterfly ``j`` of ``q`` by ``w**r``; ``tw`` holds rows of ``q``."""
+    i = uint64(j)
+    y1 = _cmul(v[2], v[3], tw[i], tw[i + uint64(q)])
+    y2 = _cmul(v[4], v[5], tw[i + uint64(2 * q)], tw[i + uint64(3 * q)])
+    y3 = _cmul(v[6], v[7], tw[i + uint64(4 * q)], tw[i + uint64(5 * q)])
     return (v[0], v[1], y1[0], y1[1], y2[0], y2[1], y3[0], y3[1])
 
 
@@ -204,14 +207,14 @@ def _first_pass(x, window, tw, yr, yi):
     """Radix-4 pass reading the (windowed) real frame as ``M`` complex values."""
     q = yr.shape[0] // 4
     for j in range(q):
-        _store4(yr, yi, j, _twiddle4(_dft4(_load4_real(x, window, j, q)), tw, j))
+        _store4(yr, yi, j, _twiddle4(_dft4(_load4_real(x, window, j, q)), tw, j, q))
 
 
 @numba.njit(**_JIT)
 def _radix4_pass(xr, xi, tw, yr, yi):
     q = xr.shape[0] // 4
     for j in range(q):
-        _store4(yr, yi, j, _twiddle4(_dft4(_load4(xr, xi, j, q)), tw, j))
+        _store4(yr, yi, j, _twiddle4(_dft4(_load4(xr, xi, j, q)), tw, j, q))
 
 
 @numba.njit(**_JIT)
@@ -255,7 +258,7 @@ def _post(zr, zi, post_twiddles, gather, powers, out):
             pr = zr[i]; pi = zi[i]; qr = zr[mirror]; qi = -zi[mirror]
             er = pr + qr; ei = pi + qi
             fr = pi - qi; fi = qr - pr  # (p - q) / i
-            wr = post_twiddles[0, i]; wi = post_twiddles[1, i]
+            wr = post_twiddles[i]; wi = post_twiddles[i + uint64(m)]
             tr = wr * fr - wi * fi; ti = wr * fi + wi * fr
             ur = er + tr; ui = ei + ti  # 2 X[k]
             vr = er - tr; vi = ei - ti  # 2 conj(X[m - k])
@@ -276,21 +279,22 @@ def power_spectrum(frame, out, plan, window=None):
     to float64 rounding.
     """
     work = plan.work
-    m = work.shape[1]
+    m = work.shape[0] // 5
     if frame.shape[0] != 2 * m or out.shape[0] != m + 1 or (window is not None and window.shape[0] != 2 * m):
         raise ValueError("power_spectrum: frame and window need the plan's n_fft samples and out n_fft // 2 + 1 values")
     tw = plan.twiddles
-    ar = work[0]; ai = work[1]; br = work[2]; bi = work[3]
+    size = 6 * (m // 4)  # one pass's twiddles
+    ar = work[:m]; ai = work[m:2 * m]; br = work[2 * m:3 * m]; bi = work[3 * m:4 * m]
     if tw.shape[0] == 0:  # n_fft = 16: the radix-8 pass below is the whole transform
         _deinterleave(frame, window, ar, ai)
     else:
-        _first_pass(frame, window, tw[0], ar, ai)
-        for t in range(1, tw.shape[0]):
-            _radix4_pass(ar, ai, tw[t], br, bi)
+        _first_pass(frame, window, tw[:size], ar, ai)
+        for t in range(1, tw.shape[0] // size):
+            _radix4_pass(ar, ai, tw[t * size:(t + 1) * size], br, bi)
             ar, br = br, ar
             ai, bi = bi, ai
-    if m == 4 ** (tw.shape[0] + 1):
+    if m == 4 ** (tw.shape[0] // size + 1):
         _radix4_last(ar, ai, br, bi)
     else:
         _radix8_last(ar, ai, br, bi)
-    _post(br, bi, plan.post_twiddles, plan.gather, work[4], out)
+    _post(br, bi, plan.post_twiddles, plan.gather, work[4 * m:], out)

@@ -34,6 +34,22 @@ def test_streaming_in_any_block_sizes_equals_batch(sizes):
     assert frontend.frames_emitted == len(BATCH)
 
 
+def test_frames_already_returned_survive_many_later_pushes():
+    """push() hands out rows of a slab and starts a new slab when one is used up, or a larger one
+    for a large push: 15 s of audio (645 frames) in blocks that cross those boundaries, one of them
+    longer than a slab, must still equal the batch frames once every push is done."""
+    audio = (np.random.default_rng(11).standard_normal(15 * SPEC.sample_rate) * 0.2).astype(np.float32)
+    sizes = [512] * 200 + [700 * SPEC.hop_length // 2] + [3333, 1, 4096]
+    frames, frontend = stream(audio, sizes)
+    np.testing.assert_array_equal(frames, compute_features(audio))
+    assert frontend.frames_emitted == len(frames) == 1 + (audio.size - SPEC.n_fft) // SPEC.hop_length
+
+
+def test_strided_input_is_read_as_its_values():
+    wide = np.repeat(AUDIO, 2)
+    np.testing.assert_array_equal(Frontend(SPEC).push(wide[::2]), BATCH)
+
+
 def test_single_samples_and_empty_blocks():
     frontend = Frontend(SPEC)
     assert frontend.push(np.empty(0, np.float32)).shape == (0, 2, SPEC.n_mels)
