@@ -33,7 +33,7 @@ _BUFFER_HOPS = 16  # the sample buffer holds a frame plus this many hops, so it 
 # computing a frame. Layout (see Frontend.__init__), in float64 words:
 #   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, passes, buffer, ints, ring]
 #   tables (int64)   fb_ptr fb_bin gather
-#   floats           buf hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
+#   floats           buf (float32, 2 per word) hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
 #   ring (float32)   (2, n_mels, 2 * history)
 _START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER, _INTS, _RING = range(13)
 _HEADER = 13
@@ -96,7 +96,7 @@ def _push_kernel(x, state, out):
     if produced + count > out.shape[0]:
         return -1 - count
     if count == 0 and end + n <= size:  # no frame completes and the buffer has room: a copy
-        dst = state[ints[_INTS] + end:ints[_INTS] + end + n]
+        dst = state[ints[_INTS]:ints[_INTS] + size // 2].view(np.float32)[end:end + n]
         for k in range(n):
             dst[k] = x[k]
         ints[_END] = end + n
@@ -109,8 +109,8 @@ def _push_kernel(x, state, out):
     at += nnz
     gather = ints[at:at + half]
     at = ints[_INTS]
-    buf = state[at:at + size]
-    at += size
+    buf = state[at:at + size // 2].view(np.float32)  # the samples as they came: a frame reads half the bytes
+    at += size // 2
     hist = state[at:at + _HISTORY * n_mels]  # _HISTORY rows of n_mels: flat, as a reshape costs ~35 ns
     at += _HISTORY * n_mels
     window = state[at:at + n_fft]
@@ -236,7 +236,7 @@ class Frontend:
         fb_ptr = np.searchsorted(rows, np.arange(s.n_mels + 1))
         tables = np.concatenate([fb_ptr, cols, plan.gather]).astype(np.int64)
         floats = np.concatenate([
-            np.zeros(size), np.zeros(_HISTORY * s.n_mels),  # buf, hist: state
+            np.zeros(size // 2), np.zeros(_HISTORY * s.n_mels),  # buf (float32), hist: state
             hann_periodic(s.n_fft), fb[rows, cols], [s.amin],
             plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
             np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
