@@ -32,7 +32,7 @@ _BUFFER_HOPS = 16  # the sample buffer holds a frame plus this many hops, so it 
 # with a dozen arrays and the FFT plan's tuple that alone cost more than
 # computing a frame. Layout (see Frontend.__init__), in float64 words:
 #   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, passes, buffer, ints, ring]
-#   tables (int64)   fb_ptr fb_bin gather
+#   tables (int64)   fb_ptr fb_start gather
 #   floats           buf (float32, 2 per word) hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
 #   ring (float32)   (2, n_mels, 2 * history)
 _START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER, _INTS, _RING = range(13)
@@ -105,8 +105,8 @@ def _push_kernel(x, state, out):
     at = _HEADER
     fb_ptr = ints[at:at + n_mels + 1]
     at += n_mels + 1
-    fb_bin = ints[at:at + nnz]
-    at += nnz
+    fb_start = ints[at:at + n_mels]
+    at += n_mels
     gather = ints[at:at + half]
     at = ints[_INTS]
     buf = state[at:at + size // 2].view(np.float32)  # the samples as they came: a frame reads half the bytes
@@ -157,9 +157,9 @@ def _push_kernel(x, state, out):
         while end - start >= n_fft:
             power_spectrum(buf[start:start + n_fft], power, plan, window)
             start += hop
-            for m in range(n_mels):  # each band's bins are one contiguous run starting at fb_bin[fb_ptr[m]]
+            for m in range(n_mels):  # each band's weights apply to one contiguous run of bins, from fb_start[m]
                 first, count = fb_ptr[m], fb_ptr[m + 1] - fb_ptr[m]
-                bins = power[fb_bin[first]:fb_bin[first] + count] if count else power[:0]
+                bins = power[fb_start[m]:fb_start[m] + count]
                 weights = fb_w[first:first + count]
                 acc = 0.0
                 for j in range(count):
@@ -231,13 +231,18 @@ class Frontend:
         self._n_mels = s.n_mels
         size = s.n_fft + _BUFFER_HOPS * s.hop_length
         fb = mel_filterbank(s)
-        rows, cols = np.nonzero(fb)
+        # each band as one run of bins, from its first nonzero weight to its last
+        nonzero = fb != 0
+        has = nonzero.any(axis=1)
+        fb_start = np.where(has, nonzero.argmax(axis=1), 0)
+        fb_stop = np.where(has, fb.shape[1] - nonzero[:, ::-1].argmax(axis=1), 0)
+        fb_ptr = np.concatenate([[0], np.cumsum(fb_stop - fb_start)])
+        fb_w = np.concatenate([fb[m, fb_start[m]:fb_stop[m]] for m in range(s.n_mels)])
         plan = make_plan(s.n_fft)
-        fb_ptr = np.searchsorted(rows, np.arange(s.n_mels + 1))
-        tables = np.concatenate([fb_ptr, cols, plan.gather]).astype(np.int64)
+        tables = np.concatenate([fb_ptr, fb_start, plan.gather]).astype(np.int64)
         floats = np.concatenate([
             np.zeros(size // 2), np.zeros(_HISTORY * s.n_mels),  # buf (float32), hist: state
-            hann_periodic(s.n_fft), fb[rows, cols], [s.amin],
+            hann_periodic(s.n_fft), fb_w, [s.amin],
             plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
             np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
         ring_words = s.n_mels * 2 * history  # (2, n_mels, 2 * history) float32
@@ -245,7 +250,7 @@ class Frontend:
         self._ints = self._state.view(np.int64)
         header = [0] * _HEADER
         header[_HOP], header[_NFFT], header[_NMELS] = s.hop_length, s.n_fft, s.n_mels
-        header[_NNZ], header[_PASSES], header[_BUFFER] = rows.size, len(plan.twiddles) // (6 * (s.n_fft // 8)), size
+        header[_NNZ], header[_PASSES], header[_BUFFER] = len(fb_w), len(plan.twiddles) // (6 * (s.n_fft // 8)), size
         header[_INTS], header[_RING] = _HEADER + len(tables), _HEADER + len(tables) + len(floats)
         self._ints[:_HEADER] = header
         self._ints[_HEADER:_HEADER + len(tables)] = tables
