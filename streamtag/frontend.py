@@ -24,7 +24,7 @@ _FLOAT32 = np.dtype(np.float32)
 _UNIT_STRIDE = (_FLOAT32.itemsize,)  # the strides of a C-contiguous float32 vector, and of nothing else
 _SLAB_FRAMES = 256  # frames per block that push() carves its outputs from
 _HISTORY = 2 * DELTA_TAPS + 1  # log-mel frames the causal delta filter reads
-_BUFFER_HOPS = 16  # the sample buffer holds a frame plus this many hops, so it is compacted once per 16 hops
+_BUFFER_HOPS = 4  # the sample buffer holds a frame plus this many hops, so it is compacted once per 4 hops
 
 # The kernel takes everything it keeps between calls (state, tables, scratch
 # and the window ring) in one float64 array, with integers and the float32 ring
