@@ -149,18 +149,6 @@ def _load4(xr, xi, j, q):
 
 
 @numba.njit(**_JIT)
-def _load4_real(x, window, j, q):
-    """``_load4`` of ``z[m] = x[2m] + i x[2m+1]``, read straight from the real frame,
-    times ``window`` unless it is None (numba compiles the check away)."""
-    i0 = uint64(2 * j); i1 = uint64(2 * (j + q)); i2 = uint64(2 * (j + 2 * q)); i3 = uint64(2 * (j + 3 * q))
-    one = uint64(1)
-    if window is None:
-        return (x[i0], x[i0 + one], x[i1], x[i1 + one], x[i2], x[i2 + one], x[i3], x[i3 + one])
-    return (x[i0] * window[i0], x[i0 + one] * window[i0 + one], x[i1] * window[i1], x[i1 + one] * window[i1 + one],
-            x[i2] * window[i2], x[i2 + one] * window[i2 + one], x[i3] * window[i3], x[i3 + one] * window[i3 + one])
-
-
-@numba.njit(**_JIT)
 def _load8(xr, xi, j, q):
     i0 = uint64(j); i1 = uint64(j + q); i2 = uint64(j + 2 * q); i3 = uint64(j + 3 * q)
     i4 = uint64(j + 4 * q); i5 = uint64(j + 5 * q); i6 = uint64(j + 6 * q); i7 = uint64(j + 7 * q)
@@ -200,14 +188,6 @@ def _store8(yr, yi, j, v):
     yr[o + uint64(5)] = v[10]; yi[o + uint64(5)] = v[11]
     yr[o + uint64(3)] = v[12]; yi[o + uint64(3)] = v[13]
     yr[o + uint64(7)] = v[14]; yi[o + uint64(7)] = v[15]
-
-
-@numba.njit(**_JIT)
-def _first_pass(x, window, tw, yr, yi):
-    """Radix-4 pass reading the (windowed) real frame as ``M`` complex values."""
-    q = yr.shape[0] // 4
-    for j in range(q):
-        _store4(yr, yi, j, _twiddle4(_dft4(_load4_real(x, window, j, q)), tw, j, q))
 
 
 @numba.njit(**_JIT)
@@ -285,14 +265,13 @@ def power_spectrum(frame, out, plan, window=None):
     tw = plan.twiddles
     size = 6 * (m // 4)  # one pass's twiddles
     ar = work[:m]; ai = work[m:2 * m]; br = work[2 * m:3 * m]; bi = work[3 * m:4 * m]
-    if tw.shape[0] == 0:  # n_fft = 16: the radix-8 pass below is the whole transform
-        _deinterleave(frame, window, ar, ai)
-    else:
-        _first_pass(frame, window, tw[:size], ar, ai)
-        for t in range(1, tw.shape[0] // size):
-            _radix4_pass(ar, ai, tw[t * size:(t + 1) * size], br, bi)
-            ar, br = br, ar
-            ai, bi = bi, ai
+    # the real frame as M complex values, windowed, in contiguous re/im arrays: reading it straight from the
+    # frame inside the first pass took twice as long as this loop and a pass together (stride-2 loads)
+    _deinterleave(frame, window, ar, ai)
+    for t in range(tw.shape[0] // size):  # none for n_fft = 16: the radix-8 pass below is the whole transform
+        _radix4_pass(ar, ai, tw[t * size:(t + 1) * size], br, bi)
+        ar, br = br, ar
+        ai, bi = bi, ai
     if m == 4 ** (tw.shape[0] // size + 1):
         _radix4_last(ar, ai, br, bi)
     else:
