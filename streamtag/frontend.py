@@ -33,7 +33,7 @@ _BUFFER_HOPS = 4  # the sample buffer holds a frame plus this many hops, so it i
 # computing a frame. Layout (see Frontend.__init__), in float64 words:
 #   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, passes, buffer, ints, ring]
 #   tables (int64)   fb_ptr fb_start gather
-#   floats           buf (float32, 2 per word) hist window fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
+#   floats           buf (float32, 2 per word) hist window (split, see make_plan) fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
 #   ring (float32)   (2 * history, 2, n_mels): frame by frame, so a frame is one contiguous write
 _START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER, _INTS, _RING = range(13)
 _HEADER = 13
@@ -125,7 +125,7 @@ def _push_kernel(x, state, out):
     at += n_fft
     work = state[at:at + 5 * half]
     at += 5 * half
-    plan = SpectrumPlan(twiddles, post_twiddles, gather, work)
+    plan = SpectrumPlan(twiddles, post_twiddles, gather, work, window)
     power = state[at:at + half + 1]
     at += half + 1
     energy = state[at:at + n_mels]
@@ -155,7 +155,7 @@ def _push_kernel(x, state, out):
         end += take
         i += take
         while end - start >= n_fft:
-            power_spectrum(buf[start:start + n_fft], power, plan, window)
+            power_spectrum(buf[start:start + n_fft], power, plan)
             start += hop
             for m in range(n_mels):  # each band's weights apply to one contiguous run of bins, from fb_start[m]
                 first, count = fb_ptr[m], fb_ptr[m + 1] - fb_ptr[m]
@@ -238,11 +238,11 @@ class Frontend:
         fb_stop = np.where(has, fb.shape[1] - nonzero[:, ::-1].argmax(axis=1), 0)
         fb_ptr = np.concatenate([[0], np.cumsum(fb_stop - fb_start)])
         fb_w = np.concatenate([fb[m, fb_start[m]:fb_stop[m]] for m in range(s.n_mels)])
-        plan = make_plan(s.n_fft)
+        plan = make_plan(s.n_fft, hann_periodic(s.n_fft))
         tables = np.concatenate([fb_ptr, fb_start, plan.gather]).astype(np.int64)
         floats = np.concatenate([
             np.zeros(size // 2), np.zeros(_HISTORY * s.n_mels),  # buf (float32), hist: state
-            hann_periodic(s.n_fft), fb_w, [s.amin],
+            plan.window, fb_w, [s.amin],
             plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
             np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
         ring_words = s.n_mels * 2 * history  # (2 * history, 2, n_mels) float32

@@ -68,14 +68,15 @@ def test_window_is_applied_as_the_frame_is_read(n):
     x = _frame("noise", n)
     window = np.hanning(n) + 0.1 * np.arange(n) / n  # asymmetric: a misplaced weight shows
     out = np.full(n // 2 + 1, np.nan)
-    power_spectrum(x, out, make_plan(n), window)
+    power_spectrum(x, out, make_plan(n, window))
     ref = np.abs(np.fft.rfft(x * window)) ** 2
     assert np.max(np.abs(out - ref)) <= 1e-9 * ref.max()
 
 
-def test_rejects_a_window_of_another_size():
+@pytest.mark.parametrize("window", [np.ones(512), np.ones((2, 512)), np.full(1024, np.nan)])
+def test_rejects_a_window_of_another_size_or_not_finite(window):
     with pytest.raises(ValueError, match="window"):
-        power_spectrum(np.zeros(1024), np.empty(513), make_plan(1024), np.ones(512))
+        make_plan(1024, window)
 
 
 @pytest.mark.parametrize("n_fft", [1000, 24, MIN_N_FFT // 2, 2 * MAX_N_FFT, 0, -16, 1024.0, True])
