@@ -96,7 +96,7 @@ def _push_kernel(x, state, out):
     if produced + count > out.shape[0]:
         return -1 - count
     if count == 0 and end + n <= size:  # no frame completes and the buffer has room: a copy
-        dst = state[ints[_INTS]:ints[_INTS] + size // 2].view(np.float32)[end:end + n]
+        dst = state[ints[_INTS]:ints[_INTS] + (size + 1) // 2].view(np.float32)[end:end + n]
         for k in range(n):
             dst[k] = x[k]
         ints[_END] = end + n
@@ -109,8 +109,8 @@ def _push_kernel(x, state, out):
     at += n_mels
     gather = ints[at:at + half]
     at = ints[_INTS]
-    buf = state[at:at + size // 2].view(np.float32)  # the samples as they came: a frame reads half the bytes
-    at += size // 2
+    buf = state[at:at + (size + 1) // 2].view(np.float32)  # the samples as they came: a frame reads half the bytes
+    at += (size + 1) // 2
     hist = state[at:at + _HISTORY * n_mels]  # _HISTORY rows of n_mels: flat, as a reshape costs ~35 ns
     at += _HISTORY * n_mels
     window = state[at:at + n_fft]
@@ -241,7 +241,7 @@ class Frontend:
         plan = make_plan(s.n_fft, hann_periodic(s.n_fft))
         tables = np.concatenate([fb_ptr, fb_start, plan.gather]).astype(np.int64)
         floats = np.concatenate([
-            np.zeros(size // 2), np.zeros(_HISTORY * s.n_mels),  # buf (float32), hist: state
+            np.zeros((size + 1) // 2), np.zeros(_HISTORY * s.n_mels),  # buf (float32, 2 per word), hist: state
             plan.window, fb_w, [s.amin],
             plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
             np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
