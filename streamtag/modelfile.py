@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import streamtag
@@ -253,7 +254,8 @@ class StemScorer(WindowScorer):
             out = np.empty((len(ends), self.n_classes), dtype=np.float32)
             if len(ends):
                 # ...and its max over each 3 columns, at every column: window column s + 3j reads pooled[s + 3j]
-                pooled = self._columns.unfold(2, POOL1_COLUMNS, 1).amax(dim=3)
+                # (max_pool1d: 5.6 us for a live window's 40 columns, where unfold and amax took 27)
+                pooled = F.max_pool1d(self._columns, POOL1_COLUMNS, 1)
                 # the column of frame f sits at f - first; a window ending at frame e starts at e - window + 1
                 first = self.frames_seen + len(piece) - (CONV1_FRAMES - 1) - self._columns.shape[2]
                 starts = ends - (self.window_frames - 1) - first
@@ -268,7 +270,7 @@ class StemScorer(WindowScorer):
         """Each window's every third pooled column from ``starts`` (increasing), ``(80, 1, n, width // 3)``:
         a strided view when evenly spaced, as the engine asks for them."""
         step = int(starts[1] - starts[0]) if len(starts) > 1 else 1
-        if (np.diff(starts) == step).all():
+        if len(starts) == 1 or (np.diff(starts) == step).all():
             reach = pooled[:, :, int(starts[0]):].unfold(2, self._reach, step)[:, :, :len(starts)]
         else:
             reach = pooled.unfold(2, self._reach, 1)[:, :, torch.from_numpy(starts).to(self._device)]

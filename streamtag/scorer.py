@@ -53,7 +53,7 @@ class WindowScorer:
         stop = self.frames_seen + len(frames)
         if ends.ndim != 1 or (len(ends) and (
                 ends[0] < max(self.frames_seen, self.window_frames - 1) or ends[-1] >= stop
-                or (np.diff(ends) <= 0).any())):
+                or (len(ends) > 1 and (np.diff(ends) <= 0).any()))):
             raise ModelError(f"window ends must increase and lie among this call's frames "
                              f"({self.frames_seen}..{stop - 1}) at or after frame {self.window_frames - 1}")
         out = np.empty((len(ends), self.n_classes), dtype=np.float32)
