@@ -246,7 +246,9 @@ class StemScorer(WindowScorer):
         span = self._extend(piece)
         with torch.inference_mode():
             if len(span) >= CONV1_FRAMES:
-                stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None].to(self._device)
+                stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None]
+                if self._device != "cpu":
+                    stretch = stretch.to(self._device)
                 # the first pooling's max over the stem's 4 rows, the same for every window holding the column:
                 # taken once here, it shrinks what is kept fourfold
                 new = self._module.stem(stretch)[0].amax(dim=1, keepdim=True)
@@ -260,21 +262,26 @@ class StemScorer(WindowScorer):
                 first = self.frames_seen + len(piece) - (CONV1_FRAMES - 1) - self._columns.shape[2]
                 starts = ends - (self.window_frames - 1) - first
                 for i in range(0, len(ends), BATCH):
-                    windows = self._windows(pooled, starts[i:i + BATCH]).permute(2, 0, 1, 3)
-                    out[i:i + BATCH] = self._module.classify_pooled(windows).float().cpu().numpy()
+                    scores = self._module.classify_pooled(self._windows(pooled, starts[i:i + BATCH]))
+                    out[i:i + BATCH] = (scores if self._device == "cpu" else scores.float().cpu()).numpy()
         if self._columns is not None:
             self._columns = self._columns[:, :, -(self._width - 1):]  # what a later window can still need
         return out
 
     def _windows(self, pooled: torch.Tensor, starts: np.ndarray) -> torch.Tensor:
-        """Each window's every third pooled column from ``starts`` (increasing), ``(80, 1, n, width // 3)``:
-        a strided view when evenly spaced, as the engine asks for them."""
-        step = int(starts[1] - starts[0]) if len(starts) > 1 else 1
-        if len(starts) == 1 or (np.diff(starts) == step).all():
+        """Each window's every third pooled column from ``starts`` (increasing), ``(n, 80, 1, width // 3)``:
+        a strided view when evenly spaced, as the engine asks for them. One window (live, at a hop of a frame)
+        is a plain slice: each tensor operation costs 5-10 us warm and far more when the caches are cold
+        between live blocks."""
+        if len(starts) == 1:
+            first = int(starts[0])
+            return pooled[:, :, first:first + self._reach:POOL1_COLUMNS][None]
+        step = int(starts[1] - starts[0])
+        if (np.diff(starts) == step).all():
             reach = pooled[:, :, int(starts[0]):].unfold(2, self._reach, step)[:, :, :len(starts)]
         else:
             reach = pooled.unfold(2, self._reach, 1)[:, :, torch.from_numpy(starts).to(self._device)]
-        return reach[..., ::POOL1_COLUMNS]
+        return reach[..., ::POOL1_COLUMNS].permute(2, 0, 1, 3)
 
 
 def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.ScriptModule:
