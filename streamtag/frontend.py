@@ -31,11 +31,11 @@ _BUFFER_HOPS = 4  # the sample buffer holds a frame plus this many hops, so it i
 # as views of parts of it: each array argument costs ~80 ns on every call, and
 # with a dozen arrays and the FFT plan's tuple that alone cost more than
 # computing a frame. Layout (see Frontend.__init__), in float64 words:
-#   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, passes, buffer, ints, ring]
+#   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, twiddles, buffer, ints, ring]
 #   tables (int64)   fb_ptr fb_start gather
 #   floats           buf (float32, 2 per word) hist window (split, see make_plan) fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
 #   ring (float32)   (2 * history, 2, n_mels): frame by frame, so a frame is one contiguous write
-_START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _PASSES, _BUFFER, _INTS, _RING = range(13)
+_START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _TWIDDLES, _BUFFER, _INTS, _RING = range(13)
 _HEADER = 13
 
 _LN2 = 0.6931471805599453
@@ -86,8 +86,9 @@ def _push_kernel(x, state, out):
     the newest frames always form one contiguous slice ending at ``s``.
     """
     ints = state.view(np.int64)
-    hop, n_fft, n_mels, nnz, passes = ints[_HOP], ints[_NFFT], ints[_NMELS], ints[_NNZ], ints[_PASSES]
+    hop, n_fft, n_mels, nnz, n_twiddles = ints[_HOP], ints[_NFFT], ints[_NMELS], ints[_NNZ], ints[_TWIDDLES]
     size = ints[_BUFFER]
+    buf = state[ints[_INTS]:ints[_INTS] + (size + 1) // 2].view(np.float32)  # the samples as they came
     start, end = ints[_START], ints[_END]
     n = x.shape[0]
     pending = end - start + n
@@ -96,7 +97,7 @@ def _push_kernel(x, state, out):
     if produced + count > out.shape[0]:
         return -1 - count
     if count == 0 and end + n <= size:  # no frame completes and the buffer has room: a copy
-        dst = state[ints[_INTS]:ints[_INTS] + (size + 1) // 2].view(np.float32)[end:end + n]
+        dst = buf[end:end + n]
         for k in range(n):
             dst[k] = x[k]
         ints[_END] = end + n
@@ -108,9 +109,7 @@ def _push_kernel(x, state, out):
     fb_start = ints[at:at + n_mels]
     at += n_mels
     gather = ints[at:at + half]
-    at = ints[_INTS]
-    buf = state[at:at + (size + 1) // 2].view(np.float32)  # the samples as they came: a frame reads half the bytes
-    at += (size + 1) // 2
+    at = ints[_INTS] + (size + 1) // 2  # after the sample buffer: float32, so a frame reads half the bytes
     hist = state[at:at + _HISTORY * n_mels]  # _HISTORY rows of n_mels: flat, as a reshape costs ~35 ns
     at += _HISTORY * n_mels
     window = state[at:at + n_fft]
@@ -119,8 +118,8 @@ def _push_kernel(x, state, out):
     at += nnz
     amin = state[at]
     at += 1
-    twiddles = state[at:at + passes * 6 * (half // 4)]
-    at += passes * 6 * (half // 4)
+    twiddles = state[at:at + n_twiddles]
+    at += n_twiddles
     post_twiddles = state[at:at + n_fft]
     at += n_fft
     work = state[at:at + 5 * half]
@@ -243,14 +242,14 @@ class Frontend:
         floats = np.concatenate([
             np.zeros((size + 1) // 2), np.zeros(_HISTORY * s.n_mels),  # buf (float32, 2 per word), hist: state
             plan.window, fb_w, [s.amin],
-            plan.twiddles.ravel(), plan.post_twiddles.ravel(), plan.work.ravel(),
+            plan.twiddles, plan.post_twiddles, plan.work,
             np.zeros(s.n_fft // 2 + 1 + 4 * s.n_mels)])  # power, energy, mantissa, logmel, delta: scratch
         ring_words = s.n_mels * 2 * history  # (2 * history, 2, n_mels) float32
         self._state = np.zeros(_HEADER + len(tables) + len(floats) + ring_words)
         self._ints = self._state.view(np.int64)
         header = [0] * _HEADER
         header[_HOP], header[_NFFT], header[_NMELS] = s.hop_length, s.n_fft, s.n_mels
-        header[_NNZ], header[_PASSES], header[_BUFFER] = len(fb_w), len(plan.twiddles) // (6 * (s.n_fft // 8)), size
+        header[_NNZ], header[_TWIDDLES], header[_BUFFER] = len(fb_w), len(plan.twiddles), size
         header[_INTS], header[_RING] = _HEADER + len(tables), _HEADER + len(tables) + len(floats)
         self._ints[:_HEADER] = header
         self._ints[_HEADER:_HEADER + len(tables)] = tables
