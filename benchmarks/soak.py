@@ -5,10 +5,15 @@ path of ``streamtag tag --mic``, engine with its default settings and the
 bundled default model at its default hop, fed by a :class:`~benchmarks.workload.LoopedSource` at
 ``SPEED`` times real time, with one torch thread as live use runs. Every
 ``EVERY`` seconds of audio it samples its own resident memory. Peak memory
-is the process's maximum resident set size (``wait4``), start-up included;
-beside it, the peaks of processes that only import torch (the pinned PyPI
-wheel is the CUDA build, which maps its CUDA libraries even on a CPU) and then
-load the frontend's compiled kernel (numba's LLVM), which set a floor under it.
+is the process's maximum resident set size (``wait4``), start-up included.
+The process ends as ``streamtag`` does (:func:`streamtag.cli.exit_now`), without
+Python's shutdown, whose C++ destructors would read 128 MB of torch's CUDA
+libraries back in only to tear them down. Beside it, the peaks of processes
+that stop, the same way, after each step of the live path's start-up: import
+torch (the pinned PyPI wheel is the CUDA build, which maps its CUDA libraries
+even on a CPU), load the frontend's compiled kernel (numba and its LLVM), load
+the model (TorchScript, frozen and optimised for inference): the floors under
+the live path's own memory.
 
 Memory is flat when, after the first ``WARMUP`` of the audio (allocations that
 happen once), the median of the last quarter of samples exceeds that of the
@@ -31,6 +36,7 @@ import numpy as np
 
 from benchmarks.files import run_process
 from benchmarks.workload import SPEC, LoopedSource, scene
+from streamtag.cli import exit_now
 from streamtag.modelfile import DEFAULT_MODEL
 
 SPEED = 30.0  # an hour of audio in two minutes, with room to keep up on a busy 2-core machine
@@ -39,9 +45,14 @@ WARMUP = 0.1
 FLAT_MB = 20.0
 THREADS = 1
 # What the peak is made of: processes that stop after start-up steps of the live path.
+_EXIT = "\nfrom streamtag.cli import exit_now\nexit_now(0)"
+FLOOR = "import torch, load the frontend kernel"  # what no live path can go under
 FLOORS = {
-    "import torch": "import torch",
-    "import torch, load the frontend kernel": "import torch\nfrom streamtag.frontend import Frontend\nFrontend()",
+    "import torch": "import torch" + _EXIT,
+    FLOOR: "import torch\nfrom streamtag.frontend import Frontend\nFrontend()" + _EXIT,
+    "all of the start-up: frontend kernel, model, engine":
+        f"import torch\nfrom streamtag.engine import Engine\nfrom streamtag.modelfile import load_model\n"
+        f"torch.set_num_threads({THREADS})\nEngine(load_model(device='cpu'))" + _EXIT,
 }
 
 
@@ -89,6 +100,7 @@ def run(quick: bool = False, progress=None) -> dict:
         floors = {name: run_process([sys.executable, "-c", code], folder)["peak_mb"] for name, code in FLOORS.items()}
     result = json.loads(done["stdout"])
     result["floors_mb"] = floors
+    result["floor_mb"] = floors[FLOOR]
     rss = [mb for _, mb in result["samples"]]
     result.update(audio_seconds=seconds, speed=speed, threads=THREADS, process_wall_s=done["wall_s"],
                   peak_mb=done["peak_mb"], start_mb=rss[0], end_mb=rss[-1], growth_mb=growth(result["samples"]))
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         model, seconds, speed, every = args.child
         print(json.dumps(_child(model, float(seconds), float(speed), float(every))))
-        return
+        exit_now(0)
     from rich.console import Console
 
     Console().print(table(run(quick=args.quick)))

@@ -9,6 +9,7 @@ was wrong.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -49,6 +50,13 @@ def check_finite(samples: np.ndarray, offset: int = 0, rate: int | None = None, 
     ``offset`` is the stream position of ``samples[0]``, so the error points at
     the sample in the whole stream, not in this block.
     """
+    # the common case in one pass and no temporary array (it runs before each live block is scored): a sum is
+    # finite only if every sample is, and a float64 sum of float32 samples cannot overflow; where it is not
+    # finite, the exact check below decides
+    samples = np.asarray(samples)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or float64 samples near the largest float
+        if math.isfinite(samples.sum(dtype=np.float64)):
+            return
     bad = ~np.isfinite(samples)
     if bad.any():
         first = int(np.argmax(bad.reshape(len(samples), -1).any(axis=1))) + offset

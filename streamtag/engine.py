@@ -342,13 +342,14 @@ class Engine:
             self._process(mono)
             raise
         self._read_frames = position + len(mono)
+        self._process(mono)
+        # the meters after the scores: live, each numpy call costs tens of us while the caches are cold
         rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) if len(mono) else 0.0
         self._level_dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
         magnitude = np.abs(block)  # before the downmix: one clipping channel is enough to distort
         peak = float(magnitude.max()) if len(block) else 0.0
         self._peak_dbfs = 20 * math.log10(peak) if peak > 0 else -math.inf
         self._clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
-        self._process(mono)
 
     def _process(self, mono: np.ndarray, last: bool = False) -> None:
         """Resample, frame, cut and score the windows ``mono`` completes."""
@@ -359,20 +360,19 @@ class Engine:
         self._model_samples += len(x)
         if not len(frames):
             return
-        with self._lock:  # the dashboard's spectrogram
-            for frame in frames[-len(self._frames):, 0]:
-                self._frames[self._frames_slot] = frame
-                self._frames_slot = (self._frames_slot + 1) % len(self._frames)
         ends = np.arange(self._next_end, self.frontend.frames_emitted, self.hop_frames)
         if len(ends):
             self._next_end = int(ends[-1]) + self.hop_frames
         t1 = time.perf_counter()
         scores = self._scorer.push(frames, ends)  # (len(ends), C)
         done = time.perf_counter()
-        if not len(ends):
-            return
-        self.latency["model"].add(done - t1)
-        self._score(ends, scores, done)
+        if len(ends):
+            self.latency["model"].add(done - t1)
+            self._score(ends, scores, done)
+        with self._lock:  # the dashboard's spectrogram, after the scores for the same reason as the meters
+            for frame in frames[-len(self._frames):, 0]:
+                self._frames[self._frames_slot] = frame
+                self._frames_slot = (self._frames_slot + 1) % len(self._frames)
 
     def _score(self, ends: np.ndarray, scores: np.ndarray, done: float) -> None:
         spec, rate = self.spec, self._source.sample_rate

@@ -129,6 +129,21 @@ def test_check_finite_reports_stream_position():
     check_finite(np.ones(10, np.float32))
 
 
+@pytest.mark.parametrize("values, bad", [
+    ([1.0, np.inf, -np.inf, 2.0], 1),  # infinities of both signs: their sum is NaN
+    ([-np.inf, 0.0], 0),
+    ([0.0, 0.0, np.nan], 2),
+])
+def test_check_finite_finds_every_kind_of_bad_sample(values, bad):
+    with pytest.raises(NonFiniteAudioError, match=f"position {bad}\\b"):
+        check_finite(np.array(values, np.float32))
+
+
+def test_check_finite_accepts_finite_samples_whose_sum_overflows():
+    check_finite(np.full(4, 1e308))  # float64 samples: the quick sum is infinite, every sample is finite
+    check_finite(np.full(4, np.finfo(np.float32).max, np.float32))
+
+
 def test_all_errors_are_audio_errors_and_value_errors():
     for cls in (AudioNotFoundError, NotAudioError, EmptyAudioError, TruncatedAudioError, NonFiniteAudioError):
         assert issubclass(cls, AudioError) and issubclass(cls, ValueError)
