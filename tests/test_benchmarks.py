@@ -73,6 +73,7 @@ def test_live_runs_score_every_window_and_report_ordered_latencies(quick):
     assert len(default_threads) == 1 and all(r["threads"] == 1 for r in live["runs"] if r not in default_threads)
     assert [r["name"] for r in live["runs"] if r["int8"]] == ["dense 1500 int8, hop 1"]
     assert live["p99_ms"] == live["runs"][0]["latency"]["p99_ms"]
+    assert live["int8_p99_ms"] == next(r for r in live["runs"] if r["int8"])["latency"]["p99_ms"]
 
 
 def test_files_and_soak_measure_whole_processes(quick):
@@ -89,6 +90,14 @@ def test_files_and_soak_measure_whole_processes(quick):
     floors = soak["floors_mb"]
     assert 50 < floors["import torch"] <= floors["import torch, load the frontend kernel"] * 1.05
     assert floors["import torch, load the frontend kernel"] <= soak["peak_mb"] * 1.05  # the live path does both
+    startup = floors["all of the start-up: frontend kernel, model, engine"]
+    assert floors["import torch, load the frontend kernel"] * 0.95 <= startup <= soak["peak_mb"] * 1.05
+    assert soak["floor_mb"] == floors["import torch, load the frontend kernel"]
+    model = records["model"]["figures"]
+    for name in ("script", "int8"):
+        for dense in (1500, 5000):
+            warm, cold = model[f"{name}_warm_ms_{dense}"], model[f"{name}_gap_ms_{dense}"]
+            assert warm > 0 and cold > 0 and model[f"{name}_gap_ratio_{dense}"] == cold / warm
     gpu_figures = records["gpu"]["figures"]
     assert "skipped" in gpu_figures or len(gpu_figures["variants"]) == 8
 
