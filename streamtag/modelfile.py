@@ -300,7 +300,13 @@ def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.Scr
     methods = [m for m in _STEM_METHODS if hasattr(module, m)]  # preserved through freezing
     with _torchscript():
         frozen = torch.jit.freeze(module.eval(), preserved_attrs=methods)
-        return torch.jit.optimize_for_inference(frozen, other_methods=methods)
+        optimized = torch.jit.optimize_for_inference(frozen, other_methods=methods)
+    # optimize_for_inference leaves each dense layer's weights in every method's graph twice: as saved, which
+    # nothing reads any more, and transposed for the matrix product that replaced the layer. Dropping the unread
+    # constants halves what the bundled model holds (53 -> 26 MB; a dense-5000 model's 300 -> 200 MB).
+    for name in ("forward", *methods):
+        torch._C._jit_pass_dce(getattr(optimized, name).graph)
+    return optimized
 
 
 def load_model(path=None, device: str | None = None, int8: bool = False) -> TaggerModel:

@@ -427,3 +427,15 @@ def test_info_on_a_bad_file_is_one_line_and_exit_2(tmp_path, random_model_file):
     assert run.returncode == 2
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and "truncated" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_the_cpu_module_holds_no_weights_it_never_reads(tmp_path, batch_norm):
+    torch.manual_seed(0)
+    net = _trained_looking(PiczakCNN(10, frames=41, dense=48, batch_norm=batch_norm))
+    module = load_model(_save(tmp_path, net), device="cpu").module
+    for method in ("forward", "stem", "classify_pooled"):
+        unread = [n.output().debugName() for n in getattr(module, method).graph.nodes()
+                  if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"
+                  and not n.output().uses()]
+        assert unread == [], f"{method} holds tensors nothing reads: {unread}"
