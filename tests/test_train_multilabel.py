@@ -138,16 +138,64 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "ml.csv").read_text().splitlines()) == 1 + 2 * 3
     assert json.loads((tmp_path / "ml.json").read_text())["results"][1]["map"] == r["map"]
-    # two seeds of the same recipe compare as one row: mean and range
+    # two seeds of the same recipe compare as one row per model: mean and range over the seeds
     report = json.loads((tmp_path / "ml.json").read_text())
     for seed, scale in ((1, 1.0), (2, 0.5)):
         report["config"] = {"window": "short", "dense": 32, "seed": seed}
         report["results"][1]["map"] = r["map"] * scale
         (tmp_path / f"seed{seed}.json").write_text(json.dumps(report))
     table = compare_studies([tmp_path / "seed2.json", tmp_path / "seed1.json"]).splitlines()
-    assert len(table) == 3 and table[2].startswith("| short | 32 | ")
-    cells = table[2].split(" | ")
-    assert cells[3] == "1, 2" and cells[-1] == f"{75 * r['map']:.1f} ({50 * r['map']:.1f}-{100 * r['map']:.1f}) |"
+    assert len(table) == 4 and [row.split(" | ")[4] for row in table[2:]] == ["single-label", "pretrained"]
+    cells = table[3].split(" | ")
+    assert cells[:6] == ["| short", "32", cells[2], "–", "pretrained", "1, 2"]
+    assert cells[-1] == f"{75 * r['map']:.1f} ({50 * r['map']:.1f} to {100 * r['map']:.1f}) |"
+    assert table[2].split(" | ")[7] == "–"  # a softmax network claims no second sound
+
+
+def _study(fold: int, init: str, single: float, seed: int = 0, mix: float = 0.0) -> dict:
+    """A study report as write_study saves it, holding one model's scores on one test fold."""
+    sets = {name: {"all": single, "one": 1.0, "exact": 0.5, "extra": 0.25, "n": 10}
+            for name in ("single", "equal", "minus20")}
+    return {"config": {"window": "long", "dense": 1500, "seed": seed, "device": "cpu", "augment": {"mix": mix}},
+            "results": [{"fold": fold, "init": init, "sets": sets, "map": single, "ap": [0.5] * 10}]}
+
+
+def test_compare_studies_merges_folds_pairs_seeds_and_refuses_duplicates(tmp_path):
+    def write(name: str, *studies: dict) -> Path:
+        merged = dict(studies[0], results=[r for s in studies for r in s["results"]])
+        (tmp_path / name).write_text(json.dumps(merged))
+        return tmp_path / name
+
+    # seed 0 split into one report per test fold, seed 1 in one report; a second recipe differs in mixing
+    paths = [write("s0f1.json", _study(1, "scratch", 0.2), _study(1, "pretrained", 0.3)),
+             write("s0f2.json", _study(2, "scratch", 0.4), _study(2, "pretrained", 0.7)),
+             write("s1.json", *(_study(f, i, v, seed=1) for f, i, v in ((1, "scratch", 0.5), (2, "scratch", 0.5),
+                                                                         (1, "pretrained", 0.4), (2, "pretrained", 0.6)))),
+             write("mix.json", _study(1, "pretrained", 0.9, mix=0.5))]
+    main, effects = compare_studies(paths).split("\n\n", 1)
+    rows = {tuple(row.split(" | ")[3:5]): row.split(" | ") for row in main.splitlines()[2:]}
+    assert set(rows) == {("augment.mix=0.0", "scratch"), ("augment.mix=0.0", "pretrained"),
+                         ("augment.mix=0.5", "pretrained")}
+    scratch = rows["augment.mix=0.0", "scratch"]
+    assert scratch[5] == "0, 1" and scratch[6] == "40.0 (30.0 to 50.0)"  # fold means 30 and 50
+    assert rows["augment.mix=0.0", "pretrained"][6] == "50.0 (50.0 to 50.0)"  # both seeds' fold means are 50
+    assert rows["augment.mix=0.5", "pretrained"][5] == "0"
+    # pretraining, paired by seed: +20 on seed 0, 0 on seed 1; only the recipe with both models has a row
+    effect = [row for row in effects.splitlines() if row.startswith("| long")]
+    assert len(effect) == 1 and effect[0].split(" | ")[2:5] == ["augment.mix=0.0", "0, 1", "10.0 (0.0 to 20.0)"]
+    with pytest.raises(ValueError, match="fold 1 with the scratch model a second time"):
+        compare_studies(paths + [paths[0]])
+    write("s2.json", _study(1, "scratch", 0.5, seed=2))
+    with pytest.raises(ValueError, match="test different folds per seed"):
+        compare_studies(paths + [tmp_path / "s2.json"])
+    # the command: the table, every seed's dots in a PNG, and a one-line error for a seed counted twice
+    p = _run("compare", *map(str, paths), "--plot", str(tmp_path / "seeds.png"))
+    assert p.returncode == 0 and p.stdout == compare_studies(paths), p.stderr
+    assert (tmp_path / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+    p = _run("compare", *map(str, paths + [paths[0]]))
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"python -m train: error: {tmp_path / 's0f1.json'}: seed 0 tests fold 1 "
+                                             "with the scratch model a second time"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

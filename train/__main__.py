@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="markdown table of several run folders, or of multilabel studies' JSON")
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, help="write the table here instead of standard output")
+    p.add_argument("--plot", type=Path, help="multilabel studies: also plot every seed's scores to this PNG")
     p.set_defaults(run=_cmd_compare)
 
     from train.multilabel_cli import add_commands  # overlay, multilabel
@@ -97,15 +98,21 @@ def _cmd_features(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from train.multilabel_report import compare_studies
+    from train.multilabel_report import compare_studies, plot_studies
     from train.report import compare
 
     if all(run.suffix == ".json" and run.is_file() for run in args.runs):  # multilabel studies
         try:
             table = compare_studies(args.runs)
-        except (ValueError, KeyError) as exc:
-            raise SystemExit(f"python -m train: error: not a multilabel study report: {exc}") from None
+            if args.plot:
+                plot_studies(args.runs, args.plot)
+        except KeyError as exc:
+            raise SystemExit(f"python -m train: error: not a multilabel study report: no {exc} in it") from None
+        except ValueError as exc:
+            raise SystemExit(f"python -m train: error: {exc}") from None
     else:
+        if args.plot:
+            raise SystemExit("python -m train: error: --plot draws multilabel studies (their .json reports) only")
         for run in args.runs:
             if not (run / "summary.json").is_file():
                 raise SystemExit(f"python -m train: error: {run} is not a run folder (no summary.json) "

@@ -10,7 +10,9 @@ a long study leaves a readable partial report behind at any time.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -171,43 +173,157 @@ def _plot(path: Path, results, inits, title) -> None:
     plt.close(fig)
 
 
-# What compare_studies reports: (column, evaluation set, score), from the recipe's model of each study.
+# What compare_studies reports: (column, evaluation set, score), for each model of each recipe.
 _COMPARED = (("single: accuracy", "single", "all"), ("single: 2nd sound", "single", "extra"),
              ("equal: both", "equal", "all"), ("equal: one", "equal", "one"), ("20 dB: both", "minus20", "all"))
+_RUN_SETTINGS = ("seed", "device")  # settings that tell runs of one recipe apart
+_OWN_COLUMNS = ("window", "dense")  # recipe settings with a column of their own
 
 
-def compare_studies(paths, init: str = "pretrained") -> str:
-    """Markdown: multilabel studies (their ``PREFIX.json``) side by side, one row per
-    window length and dense width, as mean and range over the studies' seeds of the
-    fold-averaged scores of their ``init`` model; with the network's size, which
-    decides what can ship (the package holds at most 15 MB)."""
+def _settings(config: dict, prefix: str = ""):
+    """A study's config as flat ``(name, JSON value)`` pairs: ``overlays.mixes``, ``augment.mix``..."""
+    for name, value in config.items():
+        if isinstance(value, dict):
+            yield from _settings(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", json.dumps(value)
+
+
+def _gather(paths) -> dict:
+    """recipe -> seed -> model -> test fold -> result. Reports of the same recipe and
+    seed that test different folds are one run (a study split into one process per
+    test fold); the same fold twice is an error, not a second sample."""
+    recipes: dict = {}
+    for path in paths:
+        study = json.loads(Path(path).read_text())
+        config = study["config"]
+        recipe = tuple(sorted(item for item in _settings(config) if item[0] not in _RUN_SETTINGS))
+        run = recipes.setdefault(recipe, {}).setdefault(config["seed"], {})
+        for result in study["results"]:
+            folds = run.setdefault(result["init"], {})
+            if result["fold"] in folds:
+                raise ValueError(f"{path}: seed {config['seed']} tests fold {result['fold']} with the "
+                                 f"{result['init']} model a second time")
+            folds[result["fold"]] = result
+    return recipes
+
+
+def _seed_scores(runs: dict, init: str, recipe_name: str) -> dict[int, dict[str, float]]:
+    """seed -> column -> score averaged over the run's test folds, for the runs that hold ``init``;
+    every seed must test the same folds, or the seeds' spread would mix folds."""
+    by_seed = {seed: models[init] for seed, models in sorted(runs.items()) if init in models}
+    fold_sets = {tuple(sorted(folds)) for folds in by_seed.values()}
+    if len(fold_sets) > 1:
+        raise ValueError(f"the {init} runs of {recipe_name or 'the recipe'} test different folds per seed: "
+                         + "; ".join(f"seed {seed}: {sorted(folds)}" for seed, folds in by_seed.items()))
+    scores = {}
+    for seed, folds in by_seed.items():
+        results = list(folds.values())
+        scores[seed] = {name: float(np.mean([r["sets"][s][k] for r in results])) for name, s, k in _COMPARED}
+        scores[seed]["mAP"] = float(np.mean([r["map"] for r in results]))
+    return scores
+
+
+def _spread(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    return f"{np.mean(values):.1f}" + (f" ({min(values):.1f} to {max(values):.1f})" if len(values) > 1 else "")
+
+
+@dataclasses.dataclass
+class _Row:
+    """One recipe's model in a comparison: per seed, its scores averaged over test folds."""
+
+    window: str
+    dense: int
+    megabytes: float
+    recipe: str  # the settings that set this recipe apart from the others compared, or "–"
+    init: str
+    scores: dict[int, dict[str, float]]
+
+
+def _rows(paths) -> list[_Row]:
     from streamtag.modelinfo import parameter_count
     from train.segments import WINDOWS
 
-    groups: dict[tuple[str, int], list[tuple[int, dict]]] = {}
-    n_classes: dict[tuple[str, int], int] = {}
-    for path in paths:
-        study = json.loads(Path(path).read_text())
-        results = study["results"]
-        if not any(r["init"] == init for r in results):
-            raise ValueError(f"{path} holds no {init!r} model")
-        config = study["config"]
-        scores = {name: _mean(results, init, lambda r, s=s, k=k: r["sets"][s][k]) for name, s, k in _COMPARED}
-        scores["mAP"] = _mean(results, init, lambda r: r["map"])
-        key = (config["window"], config["dense"])
-        groups.setdefault(key, []).append((config["seed"], scores))
-        n_classes[key] = len(results[0]["ap"])
-    columns = [name for name, _, _ in _COMPARED] + ["mAP"]
-    lines = ["| window | dense | weights (MB) | seeds | " + " | ".join(columns) + " |",
-             "|---|---:|---:|---|" + "---:|" * len(columns)]
-    for (window, dense), runs in sorted(groups.items()):
-        architecture = {"n_classes": n_classes[window, dense], "frames": WINDOWS[window][0], "dense": dense}
+    recipes = _gather(paths)
+    varying = sorted({name for recipe in recipes for name, value in recipe if name not in _OWN_COLUMNS
+                      and any((name, value) not in other for other in recipes)})
+    rows = []
+    for recipe, runs in sorted(recipes.items()):
+        settings = {name: json.loads(value) for name, value in recipe}
+        name = ", ".join(f"{key}={settings[key]}" for key in varying if key in settings) or "–"
+        window, dense = settings["window"], settings["dense"]
+        any_result = next(r for models in runs.values() for folds in models.values() for r in folds.values())
+        architecture = {"n_classes": len(any_result["ap"]), "frames": WINDOWS[window][0], "dense": dense}
         megabytes = parameter_count(architecture) * 4 / 1e6
-        cells = []
-        for name in columns:
-            values = [100 * scores[name] for _, scores in runs]
-            spread = f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.1f}{spread}")
-        seeds = ", ".join(str(seed) for seed, _ in sorted(runs, key=lambda r: r[0]))
-        lines.append(f"| {window} | {dense} | {megabytes:.1f} | {seeds} | " + " | ".join(cells) + " |")
+        for init in INITS:
+            scores = _seed_scores(runs, init, name)
+            if scores:
+                rows.append(_Row(window, dense, megabytes, name, init, scores))
+    return rows
+
+
+def compare_studies(paths) -> str:
+    """Markdown: multilabel studies (their ``PREFIX.json``) side by side. One row per
+    recipe and model (the single-label network alone, then multilabel from scratch and
+    pretrained): each run's scores averaged over its test folds, then mean and range over
+    the seeds. A recipe is its window length and dense width, with the network's size
+    (which decides what can ship: the package holds at most 15 MB), and whatever other
+    settings differ between the reports compared. A second table answers the study's
+    question about pretraining seed by seed: pretrained minus scratch where a recipe
+    has both for the same seeds."""
+    columns = [name for name, _, _ in _COMPARED] + ["mAP"]
+    lines = ["| window | dense | weights (MB) | recipe | model | seeds | " + " | ".join(columns) + " |",
+             "|---|---:|---:|---|---|---|" + "---:|" * len(columns)]
+    rows = _rows(paths)
+    for row in rows:
+        # a softmax network's outputs sum to one: it cannot claim a second sound at 0.5
+        cells = ["–" if row.init == "single-label" and c == "single: 2nd sound"
+                 else _spread([s[c] for s in row.scores.values()]) for c in columns]
+        lines.append(f"| {row.window} | {row.dense} | {row.megabytes:.1f} | {row.recipe} | {row.init} | "
+                     f"{', '.join(map(str, row.scores))} | " + " | ".join(cells) + " |")
+    effects = []
+    for scratch in (r for r in rows if r.init == "scratch"):
+        pretrained = next((r for r in rows if r.init == "pretrained" and (r.window, r.dense, r.recipe)
+                           == (scratch.window, scratch.dense, scratch.recipe)), None)
+        paired = sorted(set(scratch.scores) & set(pretrained.scores)) if pretrained else []
+        if paired:
+            cells = [_spread([pretrained.scores[s][c] - scratch.scores[s][c] for s in paired]) for c in columns]
+            effects.append(f"| {scratch.window} | {scratch.dense} | {scratch.recipe} | {', '.join(map(str, paired))} | "
+                           + " | ".join(cells) + " |")
+    if effects:
+        lines += ["", "Effect of pretraining: pretrained minus scratch, seed by seed (percentage points), "
+                  "mean and range over the seeds.", "",
+                  "| window | dense | recipe | seeds | " + " | ".join(columns) + " |",
+                  "|---|---:|---|---|" + "---:|" * len(columns), *effects]
     return "\n".join(lines) + "\n"
+
+
+def plot_studies(paths, png: str | Path) -> None:
+    """PNG: every seed's fold-averaged score of every row of :func:`compare_studies`, as
+    dots around the mean, for single-clip accuracy and both labels right in
+    equal-level mixes (with the study's figure and issue 5's target), so the seeds'
+    spread is seen beside the differences between rows."""
+    plt = _pyplot()
+    rows = _rows(paths)
+    labels = [textwrap.fill(f"{r.window} {r.dense}" + (f", {r.recipe}" if r.recipe != "–" else ""), 40)
+              + f"\n{r.init}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.6 * len(rows)), sharey=True)
+    titles = {"single: accuracy": "single clips: top class right", "equal: both": "equal-level mixes: both right"}
+    for ax, column in zip(axes, titles):
+        for k, row in enumerate(rows):
+            values = [100 * s[column] for s in row.scores.values()]
+            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+            ax.plot(values, k + np.asarray(jitter), "o", ms=4, alpha=0.7, color=f"C{INITS.index(row.init)}")
+            ax.plot([np.mean(values)] * 2, [k - 0.3, k + 0.3], color="black", lw=2)
+        ax.set(title=titles[column], xlabel="% of test clips (dots: seeds, bar: their mean)", xlim=(0, 100))
+        ax.grid(axis="x", alpha=0.3)
+    axes[1].axvline(100 * STUDY_BOTH_CORRECT, color="gray", ls="--", lw=1)
+    axes[1].axvline(100 * TARGET_BOTH_CORRECT, color="red", ls=":", lw=1)
+    axes[1].text(100 * STUDY_BOTH_CORRECT + 1, -0.6, "study", fontsize=8, color="gray")
+    axes[1].text(100 * TARGET_BOTH_CORRECT + 1, -0.6, "target", fontsize=8, color="red")
+    axes[0].set_yticks(range(len(rows)), labels, fontsize=7)
+    axes[0].set_ylim(len(rows) - 0.5, -0.8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
