@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
 from streamtag.modelfile import load_model
 from test_train_data import make_us8k
@@ -152,6 +153,27 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
     assert table[2].split(" | ")[7] == "–"  # a softmax network claims no second sound
 
 
+def test_study_on_a_share_of_the_training_clips_keeps_whole_recordings_from_the_seed(tmp_path):
+    root = make_us8k(tmp_path / "us8k", folds=(1, 2), per_fold=24, missing=0)  # 12 recordings of 2 clips a fold
+    feats = load_features(read_us8k(root), FeatureSpec(), tmp_path / "cache", quiet=True)
+    recipe = Recipe(epochs=1, dense=16, batch_size=16)
+
+    def run(fraction: float, val_fraction: float = 0.3):
+        return study(feats, "short", recipe, Overlays(mixes=6, singles=4), Augment(), ["scratch"], seed=0,
+                     val_fraction=val_fraction, test_mixes=4, folds=[1], train_fraction=fraction)[0]
+
+    full, half = run(1.0), run(0.5)
+    assert full["n_train"] + full["n_val"] == 24  # every clip of fold 2
+    assert half["n_test"] == full["n_test"] == 24
+    # about half of each class's 8 clips, in whole recordings of two clips: an even count near 12
+    kept = half["n_train"] + half["n_val"]
+    assert 10 <= kept <= 14 and kept % 2 == 0
+    again = run(0.5)
+    assert (again["n_train"], again["n_val"], again["map"]) == (half["n_train"], half["n_val"], half["map"])
+    with pytest.raises(DatasetError, match="left none to train on"):
+        run(0.1, val_fraction=0.9)
+
+
 def _study(fold: int, init: str, single: float, seed: int = 0, mix: float = 0.0) -> dict:
     """A study report as write_study saves it, holding one model's scores on one test fold."""
     sets = {name: {"all": single, "one": 1.0, "exact": 0.5, "extra": 0.25, "n": 10}
@@ -230,6 +252,8 @@ def test_all_folds_command_exports_a_model_with_tuned_thresholds(feats, tmp_path
     (["--mixes", "0", "--singles", "0"], "nothing to train on"),
     (["--init", "pretrained", "--pretrain-epochs", "0"], "needs --pretrain-epochs >= 1"),
     (["--val-fraction", "1"], "--val-fraction must lie in (0, 1)"),
+    (["--train-fraction", "0"], "--train-fraction must lie in (0, 1]"),
+    (["--all", "--export", "m.pt", "--init", "scratch", "--train-fraction", "0.5"], "--all trains the exported model"),
     (["--level-db", "30:10"], "level difference must satisfy"),
     (["--augment", "pitch"], "unknown augmentation"),
 ])

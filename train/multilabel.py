@@ -201,6 +201,9 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
     if len(val_ids) == 0:
         raise DatasetError(f"no validation clips held out of {len(fit_ids)} (val fraction {val_fraction}); "
                            "use more clips or a larger fraction")
+    if len(fit_ids) == 0:
+        raise DatasetError(f"holding out {val_fraction:g} of {len(val_ids)} clips for validation left none to train "
+                           "on (whole recordings are held out); use more clips or a smaller fraction")
     val = evaluation_sets(feats, val_ids, length, stride, len(val_ids), seed + 1, overlays.max_offset)
     note = on_epoch or (lambda row: None)
     multilabel = dataclasses.replace(recipe, head="multilabel", patience=0)
@@ -241,11 +244,14 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
 
 def study(feats: DatasetFeatures, window: str, recipe: Recipe, overlays: Overlays, augment: Augment,
           inits: list[str], seed: int = 0, device: str = "cpu", val_fraction: float = 0.15, test_mixes: int = 400,
-          folds: list[int] | None = None, on_epoch=None, on_result=None) -> list[dict]:
+          folds: list[int] | None = None, on_epoch=None, on_result=None, train_fraction: float = 1.0) -> list[dict]:
     """For each test fold, and for each start in ``inits`` ("scratch",
     "pretrained"): train on the other present folds and score on the test
     fold's single clips and mixes. The pretrained run also scores its softmax
-    network alone (init "single-label"), by ranking only."""
+    network alone (init "single-label"), by ranking only. ``train_fraction`` < 1
+    trains on about that share of each class's training clips, whole source
+    recordings at a time (drawn from the seed), for a learning curve: how the
+    scores grow with the training data."""
     fold_of = np.array([c.fold for c in feats.dataset.clips])
     present = feats.dataset.folds
     if len(present) < 2:
@@ -254,6 +260,8 @@ def study(feats: DatasetFeatures, window: str, recipe: Recipe, overlays: Overlay
     results = []
     for fold in folds or present:
         test_ids, train_ids = np.flatnonzero(fold_of == fold), np.flatnonzero(fold_of != fold)
+        if train_fraction < 1:  # the share split_validation would hold out is the share kept
+            train_ids = split_validation(feats, train_ids, train_fraction, np.random.default_rng([seed, fold, 2]))[1]
         tests = evaluation_sets(feats, test_ids, length, stride, test_mixes, seed * 1000 + fold, overlays.max_offset)
         for init in inits:
             t0 = time.perf_counter()

@@ -56,6 +56,9 @@ def add_commands(sub, common) -> None:
     p.add_argument("--max-offset", type=float, default=0.0, help="seconds one event may start after the other")
     p.add_argument("--test-mixes", type=int, default=400, help="test mixes per level (equal, 20 dB) and fold")
     p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on about this share of each class's training clips, whole recordings at a time "
+                        "(a learning curve; default 1: all of them)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--lr", type=float, help="learning rate (default 0.001 for adam, 0.01 for sgd)")
     p.add_argument("--weight-decay", type=float, help="L2 penalty (default 0 for adam, 0.001 for sgd)")
@@ -122,6 +125,10 @@ def _check(args) -> None:
         _fail(f"--init {args.init} needs --pretrain-epochs >= 1")
     if not 0 < args.val_fraction < 1:
         _fail(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
+    if not 0 < args.train_fraction <= 1:
+        _fail(f"--train-fraction must lie in (0, 1], got {args.train_fraction}")
+    if args.all and args.train_fraction < 1:
+        _fail("--train-fraction is for the study's learning curve; --all trains the exported model on every clip")
     if args.max_offset < 0:
         _fail(f"--max-offset must be >= 0 seconds, got {args.max_offset}")
 
@@ -210,7 +217,10 @@ def _study(args, feats, recipe, overlays, augment, inits, folds, device, recipe_
                       + (f"pretraining: {args.pretrain_epochs} single-label (softmax) epochs on the training "
                          "clips; " if "pretrained" in inits else "")
                       + f"then {data_text}, binary cross-entropy on sigmoid outputs; the epoch with the best "
-                      f"validation mAP is kept. Validation: {args.val_fraction:g} of the training clips, held out "
+                      f"validation mAP is kept. "
+                      + (f"Training clips: about {args.train_fraction:g} of each class's clips in the training "
+                         "folds, whole source recordings at a time. " if args.train_fraction < 1 else "")
+                      + f"Validation: {args.val_fraction:g} of the training clips, held out "
                       f"by source recording, with as many mixes of them per level. Test: each test fold's single "
                       f"clips and {args.test_mixes} mixes of them per level (equal level after peak normalisation; "
                       f"one event 20 dB under the other, alternating which), pairs of different classes. A "
@@ -219,6 +229,8 @@ def _study(args, feats, recipe, overlays, augment, inits, folds, device, recipe_
             "config": {**dataclasses.asdict(recipe), "overlays": dataclasses.asdict(overlays),
                        "augment": dataclasses.asdict(augment), "window": args.window, "seed": args.seed,
                        "test_mixes": args.test_mixes, "val_fraction": args.val_fraction, "device": device}}
+    if args.train_fraction < 1:  # absent at 1, so the reports of full runs stay one recipe with earlier ones
+        info["config"]["train_fraction"] = args.train_fraction
 
     def on_result(results):
         write_study(args.out, results, dataset.classes, info)
@@ -229,7 +241,7 @@ def _study(args, feats, recipe, overlays, augment, inits, folds, device, recipe_
                       f"-> {args.out}.md")
 
     study(feats, args.window, recipe, overlays, augment, inits, args.seed, device, args.val_fraction,
-          args.test_mixes, folds, on_epoch, on_result)
+          args.test_mixes, folds, on_epoch, on_result, args.train_fraction)
 
 
 def _train_and_export(args, feats, recipe, overlays, augment, init, device, recipe_text, data_text, on_epoch,

@@ -214,7 +214,7 @@ def _seed_scores(runs: dict, init: str, recipe_name: str) -> dict[int, dict[str,
     by_seed = {seed: models[init] for seed, models in sorted(runs.items()) if init in models}
     fold_sets = {tuple(sorted(folds)) for folds in by_seed.values()}
     if len(fold_sets) > 1:
-        raise ValueError(f"the {init} runs of {recipe_name or 'the recipe'} test different folds per seed: "
+        raise ValueError(f"the {init} runs of {recipe_name} test different folds per seed: "
                          + "; ".join(f"seed {seed}: {sorted(folds)}" for seed, folds in by_seed.items()))
     scores = {}
     for seed, folds in by_seed.items():
@@ -257,7 +257,7 @@ def _rows(paths) -> list[_Row]:
         architecture = {"n_classes": len(any_result["ap"]), "frames": WINDOWS[window][0], "dense": dense}
         megabytes = parameter_count(architecture) * 4 / 1e6
         for init in INITS:
-            scores = _seed_scores(runs, init, name)
+            scores = _seed_scores(runs, init, f"{window} {dense}" + (f", {name}" if name != "–" else ""))
             if scores:
                 rows.append(_Row(window, dense, megabytes, name, init, scores))
     return rows
