@@ -13,7 +13,7 @@ import soundfile as sf
 from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
 from streamtag.frontend import compute_features
-from train.augment import Augment, add_background, between_class_mix, loudness_db
+from train.augment import Augment, add_background, between_class_mix, change_speed, loudness_db
 from train.cache import MIN_FRAMES, load_features, pad_audio
 from train.crossval import split_validation
 from train.datasets import read_dataset, read_esc50, read_us8k
@@ -246,6 +246,25 @@ def test_augment_parse():
     assert not Augment.parse("none").on_audio
     with pytest.raises(ValueError, match="unknown augmentation 'pitch'"):
         Augment.parse("pitch")
+    speed = Augment.parse("speed")
+    assert speed.speed == 0.1 and speed.on_audio and speed.describe() == "speed=0.1"
+    with pytest.raises(ValueError, match=r"speed .* in \[0, 0.5\), got 0.6"):
+        Augment.parse("speed=0.6")
+
+
+def test_speed_change_moves_pitch_and_length_together():
+    a = np.sin(2 * np.pi * 1000.0 * np.arange(SR) / SR).astype(np.float32)  # 1 s at 1 kHz
+    fast = change_speed(a, 1.1)
+    assert fast.dtype == np.float32 and len(fast) == pytest.approx(SR / 1.1, abs=2)
+    peak = np.argmax(np.abs(np.fft.rfft(fast))) * SR / len(fast)
+    assert peak == pytest.approx(1100.0, abs=3)
+    rows = change_speed(np.stack([a, 0.5 * a]), 0.9)  # each event's part, alike
+    assert rows.shape == (2, len(change_speed(a, 0.9))) and np.allclose(rows[1], 0.5 * rows[0], atol=1e-6)
+    assert change_speed(a, 1.0) is a
+    aug = Augment(speed=0.1)
+    factors = [aug.speed_factor(np.random.default_rng(s)) for s in range(200)]
+    assert 0.9 <= min(factors) < 0.92 and 1.08 < max(factors) <= 1.1
+    assert Augment().speed_factor(np.random.default_rng(0)) == 1.0
 
 
 def test_between_class_mix_balances_loudness():

@@ -15,7 +15,7 @@ from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
 from streamtag.modelfile import load_model
 from test_train_data import make_us8k
-from train.augment import Augment
+from train.augment import Augment, change_speed
 from train.cache import clip_features, load_features
 from train.datasets import read_us8k
 from train.loop import Recipe
@@ -92,6 +92,20 @@ def test_mix_features_are_computed_on_the_mixed_audio(feats):
     frames, starts, targets = render(feats, a, 41, 20)
     np.testing.assert_array_equal(frames, feats.clip_frames(a))
     assert (targets == [1, 0, 0]).all() and len(targets) == len(starts)
+
+
+def test_a_speed_change_moves_the_mix_and_its_targets_together(feats):
+    a, b = _clip(feats, 1, 0), _clip(feats, 1, 11)
+    ov = Overlay(a, b, 1, (0.0, 0.0), (0, 26460))  # b starts 1.2 s in: windows from frame 20 on hold it
+    aug = Augment(speed=0.3)
+    seed = next(s for s in range(100) if aug.speed_factor(np.random.default_rng(s)) < 0.75)
+    factor = aug.speed_factor(np.random.default_rng(seed))  # slower: b now starts after 1.6 s (frame 69)
+    frames, starts, targets = render(feats, ov, 41, 20, aug, np.random.default_rng(seed))
+    mixed = mix(feats.clip_audio(a), feats.clip_audio(b), ov).audio
+    np.testing.assert_array_equal(frames, clip_features(change_speed(mixed, factor), feats.spec))
+    assert starts[:3].tolist() == [0, 20, 40]
+    # frames 20-60 end before b's new start; frames 40-80 hold at least MIN_ACTIVE frames of it
+    assert targets[:3].tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 1]]
 
 
 def test_example_source_mixes_afresh_each_epoch(feats):
@@ -172,6 +186,18 @@ def test_study_on_a_share_of_the_training_clips_keeps_whole_recordings_from_the_
     assert (again["n_train"], again["n_val"], again["map"]) == (half["n_train"], half["n_val"], half["map"])
     with pytest.raises(DatasetError, match="left none to train on"):
         run(0.1, val_fraction=0.9)
+
+
+def test_keeping_the_last_epoch_is_a_fixed_schedule(feats):
+    def run(keep: str) -> dict:
+        return study(feats, "short", Recipe(epochs=3, dense=16, batch_size=16), Overlays(mixes=6, singles=4, keep=keep),
+                     Augment(), ["scratch"], seed=0, val_fraction=0.3, test_mixes=4, folds=[1])[0]
+
+    best, last = run("best"), run("last")
+    val = [row["val_map"] for row in best["history"]]
+    assert [row["val_map"] for row in last["history"]] == val  # the same training, epoch by epoch
+    assert best["best_epoch"] == 1 + int(np.argmax(val)) and last["best_epoch"] == 3
+    assert (best["map"] == last["map"]) == (best["best_epoch"] == 3)  # other weights, other test scores
 
 
 def _study(fold: int, init: str, single: float, seed: int = 0, mix: float = 0.0) -> dict:

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--head", choices=("single", "multilabel"), default="single")
     p.add_argument("--augment", default="none",
-                   help="comma list of shift, gain[=dB], background[=p], mix[=p], specaugment; or none")
+                   help="comma list of shift, gain[=dB], background[=p], mix[=p], speed[=max change], specaugment; "
+                        "or none")
     p.add_argument("--out", help="run folder (default runs/DATASET-WINDOW)")
     p.add_argument("--export", choices=("fold", "all"),
                    help="save model.pt in the run folder: 'fold' the network of the first test fold (no extra "

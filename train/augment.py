@@ -23,14 +23,15 @@ class Augment:
     gain_db: float = 0.0  # random gain, uniform in +-gain_db
     background: float = 0.0  # probability of mixing in another class's clip at 10..20 dB below
     mix: float = 0.0  # probability of a between-class mix (soft targets)
+    speed: float = 0.0  # random speed change (pitch and tempo together), factor uniform in 1 +- speed
     specaugment: bool = False  # one frequency and one time mask per window (torchaudio)
 
     @classmethod
     def parse(cls, text: str) -> "Augment":
-        """'shift,gain=6,background=0.5,mix=0.5,specaugment' (values optional); 'none' for nothing."""
+        """'shift,gain=6,background=0.5,mix=0.5,speed=0.1,specaugment' (values optional); 'none' for nothing."""
         aug = cls()
-        defaults = {"gain": 6.0, "background": 0.5, "mix": 0.5}
-        fields = {"shift": "shift", "gain": "gain_db", "background": "background", "mix": "mix",
+        defaults = {"gain": 6.0, "background": 0.5, "mix": 0.5, "speed": 0.1}
+        fields = {"shift": "shift", "gain": "gain_db", "background": "background", "mix": "mix", "speed": "speed",
                   "specaugment": "specaugment"}
         for item in filter(None, (t.strip() for t in text.split(","))):
             if item == "none":
@@ -45,17 +46,38 @@ class Augment:
                     setattr(aug, fields[key], float(value) if value else defaults[key])
                 except ValueError:
                     raise ValueError(f"augmentation {key} takes a number, got {value!r}") from None
+        if not 0 <= aug.speed < 0.5:
+            raise ValueError(f"augmentation speed is the largest change of speed, in [0, 0.5), got {aug.speed:g}")
         return aug
 
     @property
     def on_audio(self) -> bool:
-        return self.shift or self.gain_db > 0 or self.background > 0 or self.mix > 0
+        return self.shift or self.gain_db > 0 or self.background > 0 or self.mix > 0 or self.speed > 0
 
     def describe(self) -> str:
         parts = (["shift"] if self.shift else []) + ([f"gain={self.gain_db:g}"] if self.gain_db else []) \
             + ([f"background={self.background:g}"] if self.background else []) \
-            + ([f"mix={self.mix:g}"] if self.mix else []) + (["specaugment"] if self.specaugment else [])
+            + ([f"mix={self.mix:g}"] if self.mix else []) + ([f"speed={self.speed:g}"] if self.speed else []) \
+            + (["specaugment"] if self.specaugment else [])
         return ",".join(parts) or "none"
+
+    def speed_factor(self, rng: np.random.Generator) -> float:
+        """How much faster a clip plays this time: uniform in 1 +- ``speed`` (1 when off)."""
+        return float(rng.uniform(1 - self.speed, 1 + self.speed)) if self.speed else 1.0
+
+
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """``audio`` (one signal, or one per row) played ``factor`` times as fast: pitch and
+    tempo change together, like a tape run faster or slower (Ko et al.'s speed
+    perturbation). Resampled with soxr as if recorded at ``factor`` times the rate;
+    the length becomes ``len / factor``."""
+    if factor == 1.0:
+        return audio
+    import soxr
+
+    rows = np.atleast_2d(audio)
+    out = np.stack([soxr.resample(row, factor * 1000.0, 1000.0, quality="HQ") for row in rows]).astype(np.float32)
+    return out if audio.ndim == 2 else out[0]
 
 
 def loudness_db(audio: np.ndarray, block: int = 2205) -> float:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from streamtag.errors import DatasetError
-from train.augment import Augment
+from train.augment import Augment, change_speed
 from train.cache import DatasetFeatures, clip_features
 from train.crossval import fit, make_net, normalization, split_validation
 from train.evaluate import predict
@@ -49,20 +49,25 @@ SETS = {"single": None, "equal": (0.0, 0.0), "minus20": (20.0, 20.0)}  # evaluat
 class Overlays:
     """The overlay stage's data: per epoch, ``mixes`` new overlays and ``singles``
     single clips of the training clips; ``pretrain_epochs`` > 0 starts from a
-    single-label network trained that long."""
+    single-label network trained that long. ``keep``: the weights of the epoch
+    with the best validation mAP ("best"), or of the last epoch ("last", a fixed
+    schedule, which does not lean on a small validation set's noise)."""
 
     mixes: int = 500
     singles: int = 500
     level_db: tuple[float, float] = (0.0, 20.0)  # level difference range of the training mixes
     max_offset: float = 0.0  # seconds one event may start after the other
     pretrain_epochs: int = 0
+    keep: str = "best"
 
 
 def render(feats: DatasetFeatures, item, length: int, stride: int, augment: Augment | None = None,
            rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One example, an :class:`Overlay` or a clip index: its frames, the starts of
-    its kept windows and their targets ``(n, C)``. ``augment`` (gain, shift)
-    draws from ``rng``; mixing and background options do not apply here."""
+    its kept windows and their targets ``(n, C)``. ``augment`` (speed, gain,
+    shift) draws from ``rng``; mixing and background options do not apply here.
+    A speed change applies to the mix and to each event's part alike, so the
+    targets follow the events to their new times."""
     spec, labels = feats.spec, feats.dataset.labels
     if isinstance(item, Overlay):
         m = mix(feats.clip_audio(item.a), feats.clip_audio(item.b), item)
@@ -71,6 +76,9 @@ def render(feats: DatasetFeatures, item, length: int, stride: int, augment: Augm
         audio = np.asarray(feats.clip_audio(int(item)), dtype=np.float32)
         parts, events = audio[None], labels[[int(item)]]
     grid = 0
+    if augment is not None and augment.speed:
+        factor = augment.speed_factor(rng)
+        audio, parts = change_speed(audio, factor), change_speed(parts, factor)
     if augment is not None and augment.gain_db:
         audio = audio * np.float32(10 ** (rng.uniform(-augment.gain_db, augment.gain_db) / 20))
     if augment is not None and augment.shift:
@@ -233,7 +241,10 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
     source = ExampleSource(feats, fit_ids, length, stride, overlays, augment, recipe.batch_size)
     history += train(net, source, multilabel, np.random.default_rng([seed, 1]), device, augment.specaugment,
                      None, after_epoch)
-    net.load_state_dict(best["state"])
+    if overlays.keep == "best":
+        net.load_state_dict(best["state"])
+    else:
+        best["epoch"] = recipe.epochs
     net.eval()
     windows, clips = scores_of(net, val, device)
     thresholds = tune_thresholds(np.concatenate(clips), np.concatenate([s.truth for s in val]))

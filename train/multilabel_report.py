@@ -178,6 +178,8 @@ _COMPARED = (("single: accuracy", "single", "all"), ("single: 2nd sound", "singl
              ("equal: both", "equal", "all"), ("equal: one", "equal", "one"), ("20 dB: both", "minus20", "all"))
 _RUN_SETTINGS = ("seed", "device")  # settings that tell runs of one recipe apart
 _OWN_COLUMNS = ("window", "dense")  # recipe settings with a column of their own
+# Settings added after reports were written: a report without one ran with this value.
+_ADDED_LATER = {"augment.speed": 0.0, "overlays.keep": "best", "train_fraction": 1.0}
 
 
 def _settings(config: dict, prefix: str = ""):
@@ -197,7 +199,8 @@ def _gather(paths) -> dict:
     for path in paths:
         study = json.loads(Path(path).read_text())
         config = study["config"]
-        recipe = tuple(sorted(item for item in _settings(config) if item[0] not in _RUN_SETTINGS))
+        settings = {**{name: json.dumps(value) for name, value in _ADDED_LATER.items()}, **dict(_settings(config))}
+        recipe = tuple(sorted(item for item in settings.items() if item[0] not in _RUN_SETTINGS))
         run = recipes.setdefault(recipe, {}).setdefault(config["seed"], {})
         for result in study["results"]:
             folds = run.setdefault(result["init"], {})

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from train.augment import Augment, add_background, between_class_mix
+from train.augment import Augment, add_background, between_class_mix, change_speed
 from train.cache import DatasetFeatures, clip_features
 from train.segments import SILENCE_DB, gather, segments_of, window_starts
 
@@ -81,6 +81,7 @@ class AudioSource:
         elif aug.background and rng.random() < aug.background:
             j = self._partner(i, rng)
             audio = add_background(audio, np.asarray(self.feats.clip_audio(j)), float(rng.uniform(10, 20)))
+        audio = change_speed(audio, aug.speed_factor(rng))
         if aug.gain_db:
             audio = audio * np.float32(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20))
         offset = 0
