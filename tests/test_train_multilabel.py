@@ -153,6 +153,10 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "ml.csv").read_text().splitlines()) == 1 + 2 * 3
     assert json.loads((tmp_path / "ml.json").read_text())["results"][1]["map"] == r["map"]
+    # a prefix with a dot in it (a learning curve's fraction) is a prefix, not a name with a suffix
+    write_study(tmp_path / "ml-frac0.5", results, feats.dataset.classes, json.loads((tmp_path / "ml.json").read_text()))
+    assert sorted(f.name for f in tmp_path.glob("ml-frac*")) == [
+        "ml-frac0.5-classes.csv", "ml-frac0.5.csv", "ml-frac0.5.json", "ml-frac0.5.md", "ml-frac0.5.png"]
     # two seeds of the same recipe compare as one row per model: mean and range over the seeds
     report = json.loads((tmp_path / "ml.json").read_text())
     for seed, scale in ((1, 1.0), (2, 0.5)):

@@ -39,13 +39,18 @@ def _macro_f1(entry: dict) -> float:
     return float(np.mean(entry["f1"]))
 
 
+def _beside(prefix: Path, ending: str) -> Path:
+    """``PREFIX`` + ``ending``, whatever dots the prefix holds (``frac0.5-seed0`` is no suffix to replace)."""
+    return prefix.parent / f"{prefix.name}{ending}"
+
+
 def write_study(prefix: str | Path, results: list[dict], classes: list[str], info: dict) -> None:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     inits = [i for i in INITS if any(r["init"] == i for r in results)]
     folds = sorted({r["fold"] for r in results})
-    (prefix.with_suffix(".json")).write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
-    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
+    _beside(prefix, ".json").write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
+    with open(_beside(prefix, ".csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fold", "model", "set", "clips", "all_topk", "one_topk", "exact_tuned", "extra_tuned",
                     "exact_0.5", "extra_0.5", "map"])
@@ -55,7 +60,7 @@ def write_study(prefix: str | Path, results: list[dict], classes: list[str], inf
                 w.writerow([r["fold"], r["init"], name, s["n"], f"{s['all']:.4f}", f"{s['one']:.4f}",
                             f"{s['exact']:.4f}", f"{s['extra']:.4f}", f"{h['exact']:.4f}", f"{h['extra']:.4f}",
                             f"{r['map']:.4f}"])
-    with open(prefix.parent / f"{prefix.name}-classes.csv", "w", newline="") as f:
+    with open(_beside(prefix, "-classes.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fold", "model", "class", "ap", "threshold", "precision_tuned", "recall_tuned", "f1_tuned",
                     "precision_0.5", "recall_0.5", "f1_0.5"])
@@ -64,8 +69,8 @@ def write_study(prefix: str | Path, results: list[dict], classes: list[str], inf
                 t = r.get("thresholds", [0.5] * len(classes))[c]
                 w.writerow([r["fold"], r["init"], name, f"{r['ap'][c]:.4f}", f"{t:.2f}"]
                            + [f"{r[k][m][c]:.4f}" for k in ("tuned", "at_05") for m in ("precision", "recall", "f1")])
-    _plot(prefix.with_suffix(".png"), results, inits, info["title"])
-    prefix.with_suffix(".md").write_text(_markdown(prefix, results, classes, info, inits, folds))
+    _plot(_beside(prefix, ".png"), results, inits, info["title"])
+    _beside(prefix, ".md").write_text(_markdown(prefix, results, classes, info, inits, folds))
 
 
 def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
