@@ -221,8 +221,8 @@ def test_compare_studies_merges_folds_pairs_seeds_and_refuses_duplicates(tmp_pat
     # seed 0 split into one report per test fold, seed 1 in one report; a second recipe differs in mixing
     paths = [write("s0f1.json", _study(1, "scratch", 0.2), _study(1, "pretrained", 0.3)),
              write("s0f2.json", _study(2, "scratch", 0.4), _study(2, "pretrained", 0.7)),
-             write("s1.json", *(_study(f, i, v, seed=1) for f, i, v in ((1, "scratch", 0.5), (2, "scratch", 0.5),
-                                                                         (1, "pretrained", 0.4), (2, "pretrained", 0.6)))),
+             write("s1.json", *(_study(f, i, v, seed=1) for f, i, v in (
+                 (1, "scratch", 0.5), (2, "scratch", 0.5), (1, "pretrained", 0.4), (2, "pretrained", 0.6)))),
              write("mix.json", _study(1, "pretrained", 0.9, mix=0.5))]
     main, effects = compare_studies(paths).split("\n\n", 1)
     rows = {tuple(row.split(" | ")[3:5]): row.split(" | ") for row in main.splitlines()[2:]}
