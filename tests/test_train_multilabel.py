@@ -202,6 +202,8 @@ def test_keeping_the_last_epoch_is_a_fixed_schedule(feats):
     assert [row["val_map"] for row in last["history"]] == val  # the same training, epoch by epoch
     assert best["best_epoch"] == 1 + int(np.argmax(val)) and last["best_epoch"] == 3
     assert (best["map"] == last["map"]) == (best["best_epoch"] == 3)  # other weights, other test scores
+    with pytest.raises(ValueError, match="keep must be 'best' or 'last', got 'lst'"):
+        run("lst")
 
 
 def _study(fold: int, init: str, single: float, seed: int = 0, mix: float = 0.0) -> dict:

@@ -204,6 +204,8 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
                      on_epoch: Callable[[dict], None] | None = None) -> Trained:
     """Pretrain (if asked) and train one multilabel network on the clips
     ``train_ids``, less the validation clips held out of them."""
+    if overlays.keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {overlays.keep!r}")
     length, stride = WINDOWS[window]
     fit_ids, val_ids = split_validation(feats, np.asarray(train_ids), val_fraction, np.random.default_rng(seed))
     if len(val_ids) == 0:
