@@ -37,11 +37,13 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float32)
 
 
-def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Convert a whole mono signal from ``rate_in`` to ``rate_out`` (soxr, very high quality)."""
+def resample(samples: np.ndarray, rate_in: float, rate_out: float, quality: str = "VHQ") -> np.ndarray:
+    """Convert a whole signal, ``(samples,)`` or ``(samples, channels)``, from
+    ``rate_in`` to ``rate_out`` (soxr; very high quality unless ``quality`` says
+    otherwise)."""
     if rate_in == rate_out:
         return np.asarray(samples, dtype=np.float32)
-    return soxr.resample(samples, rate_in, rate_out, quality="VHQ").astype(np.float32, copy=False)
+    return soxr.resample(samples, rate_in, rate_out, quality=quality).astype(np.float32, copy=False)
 
 
 def check_finite(samples: np.ndarray, offset: int = 0, rate: int | None = None, where: str = "audio") -> None:

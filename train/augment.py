@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from streamtag.audio import resample
+
 
 @dataclasses.dataclass
 class Augment:
@@ -73,11 +75,8 @@ def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
     the length becomes ``len / factor``."""
     if factor == 1.0:
         return audio
-    import soxr
-
-    rows = np.atleast_2d(audio)
-    out = np.stack([soxr.resample(row, factor * 1000.0, 1000.0, quality="HQ") for row in rows]).astype(np.float32)
-    return out if audio.ndim == 2 else out[0]
+    # soxr takes rows as channels, (samples, channels), and converts each alike
+    return np.ascontiguousarray(resample(np.ascontiguousarray(audio.T), factor * 1000.0, 1000.0, quality="HQ").T)
 
 
 def loudness_db(audio: np.ndarray, block: int = 2205) -> float:
