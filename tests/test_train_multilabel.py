@@ -20,7 +20,8 @@ from train.cache import clip_features, load_features
 from train.datasets import read_us8k
 from train.loop import Recipe
 from train.multilabel import ExampleSource, Overlays, clip_set, render, study
-from train.multilabel_metrics import average_precision, clip_means, per_class, set_scores, tune_thresholds
+from train.multilabel_metrics import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
+                                      set_scores, tune_thresholds)
 from train.multilabel_report import compare_studies, write_study
 from train.overlay import Overlay, mix
 from train.segments import SILENCE_DB, window_starts
@@ -49,6 +50,25 @@ def test_set_scores_rank_pairs_and_count_extra_sounds():
     single = np.array([[1, 0, 0], [1, 0, 0]])
     s = set_scores(np.array([[0.6, 0.55, 0.1], [0.2, 0.9, 0.1]]), single, [0.5, 0.5, 0.5])
     assert (s["all"], s["one"], s["exact"], s["extra"]) == (0.5, 0.5, 0.0, 0.5)  # a second sound claimed once
+
+
+def test_found_per_class_counts_a_sound_among_the_top_k():
+    truth = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 0]])  # two mixes and a single clip
+    probs = np.array([[0.9, 0.8, 0.1],  # both found
+                      [0.9, 0.8, 0.1],  # class 0 found, class 2 ranked third
+                      [0.1, 0.2, 0.3]])  # class 1 ranked second of a single clip's one: not found
+    np.testing.assert_allclose(found_per_class(probs, truth), [1.0, 0.5, 0.0])
+    assert np.isnan(found_per_class(probs[:1], truth[:1])[2])  # no clip holds class 2
+
+
+def test_mixes_split_by_whether_their_clips_are_right_alone():
+    truth = np.array([[1, 1, 0]] * 4)
+    probs = np.array([[0.9, 0.8, 0.1], [0.9, 0.1, 0.8], [0.9, 0.8, 0.1], [0.1, 0.8, 0.9]])  # both right: 1st, 3rd
+    pairs = np.array([[0, 1], [0, 1], [1, 2], [2, 0]])
+    s = mixes_by_alone(probs, truth, pairs, np.array([True, True, False]))  # clip 2 is wrong alone
+    assert s == {"alone_right": 0.5, "all_if_alone_right": 0.5, "all_otherwise": 0.5}
+    s = mixes_by_alone(probs, truth, pairs, np.array([True, True, True]))
+    assert s["alone_right"] == 1.0 and s["all_if_alone_right"] == 0.5 and np.isnan(s["all_otherwise"])
 
 
 def test_thresholds_maximise_f1_per_class():
@@ -142,6 +162,14 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
     # three pitch classes: chance mAP on these sets is about 0.45
     assert r["map"] > 0.85, r["map"]
     assert r["sets"]["equal"]["one"] == 1.0
+    # mixes split by whether each clip is right alone: the two groups make up the whole
+    for name in ("equal", "minus20"):
+        m = r["sets"][name]
+        split = [(m["alone_right"], m["all_if_alone_right"]), (1 - m["alone_right"], m["all_otherwise"])]
+        assert sum(w * v for w, v in split if w > 0) == pytest.approx(m["all"])
+    assert "alone_right" not in r["sets"]["single"]
+    assert r["found"]["single"] == pytest.approx(results[1]["found"]["single"])
+    assert np.mean(r["found"]["equal"]) > 0.5 and len(r["found"]["minus20"]) == 3
     write_study(tmp_path / "ml", results, feats.dataset.classes,
                 {"title": "tiny", "dataset_summary": "tiny set", "command": "python -m train multilabel x",
                  "setup": "setup text", "note": "cut short"})
@@ -149,6 +177,13 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
     assert "| multilabel, pretrained | " in text and "| the study (reference) | | | | 14.0 |" in text
     row = next(line for line in text.splitlines() if line.startswith("| multilabel, pretrained |")).split(" | ")
     assert row[1] == f"{100 * r['sets']['single']['all']:.1f}" and row[10] == f"{100 * r['map']:.1f}"
+    masking = next(line for line in text.split("## Recognition or masking?")[1].splitlines()
+                   if line.startswith("| multilabel, pretrained |")).split(" | ")
+    assert len(masking) == 7
+    assert masking[1:3] == [f"{100 * r['sets']['equal'][k]:.1f}" for k in ("alone_right", "all_if_alone_right")]
+    per_class_rows = text.split("## Per class: found by ranking")[1].splitlines()
+    row = next(line for line in per_class_rows if line.startswith(f"| {feats.dataset.classes[0]} |")).split(" | ")
+    assert row[4] == f"{100 * r['found']['single'][0]:.1f}"  # after the single-label model's three columns
     for name in ("ml.csv", "ml-classes.csv", "ml.json", "ml.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "ml.csv").read_text().splitlines()) == 1 + 2 * 3
@@ -169,6 +204,7 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
     assert cells[:6] == ["| short", "32", cells[2], "–", "pretrained", "1, 2"]
     assert cells[-1] == f"{75 * r['map']:.1f} ({50 * r['map']:.1f} to {100 * r['map']:.1f}) |"
     assert table[2].split(" | ")[7] == "–"  # a softmax network claims no second sound
+    assert cells[10].startswith(f"{100 * r['sets']['equal']['alone_right']:.1f} (")
 
 
 def test_study_on_a_share_of_the_training_clips_keeps_whole_recordings_from_the_seed(tmp_path):
@@ -234,6 +270,7 @@ def test_compare_studies_merges_folds_pairs_seeds_and_refuses_duplicates(tmp_pat
     assert scratch[5] == "0, 1" and scratch[6] == "40.0 (30.0 to 50.0)"  # fold means 30 and 50
     assert rows["augment.mix=0.0", "pretrained"][6] == "50.0 (50.0 to 50.0)"  # both seeds' fold means are 50
     assert rows["augment.mix=0.5", "pretrained"][5] == "0"
+    assert scratch[10:12] == ["–", "–"]  # reports from before mixes were split by their clips alone
     # pretraining, paired by seed: +20 on seed 0, 0 on seed 1; only the recipe with both models has a row
     effect = [row for row in effects.splitlines() if row.startswith("| long")]
     assert len(effect) == 1 and effect[0].split(" | ")[2:5] == ["augment.mix=0.0", "0, 1", "10.0 (0.0 to 20.0)"]

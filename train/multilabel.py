@@ -37,7 +37,8 @@ from train.cache import DatasetFeatures, clip_features
 from train.crossval import fit, make_net, normalization, split_validation
 from train.evaluate import predict
 from train.loop import Recipe, train
-from train.multilabel_metrics import average_precision, clip_means, per_class, set_scores, tune_thresholds
+from train.multilabel_metrics import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
+                                      set_scores, tune_thresholds)
 from train.overlay import Overlay, frame_activity, mix, plan_overlays
 from train.segments import SILENCE_DB, WINDOWS, Segments, gather, window_starts
 
@@ -131,6 +132,7 @@ class ClipSet:
     segments: Segments  # its windows; ``segments.clip`` indexes ``truth``
     truth: np.ndarray  # (clips, C) 0/1: the sounds in each clip
     window_truth: np.ndarray  # (windows, C) 0/1: the sounds in each window
+    items: list  # what each clip is: a clip index, or an :class:`Overlay` of two
 
 
 def clip_set(name: str, feats: DatasetFeatures, items: list, length: int, stride: int) -> ClipSet:
@@ -147,7 +149,7 @@ def clip_set(name: str, feats: DatasetFeatures, items: list, length: int, stride
         base += len(f)
         truth[k, labels[[item.a, item.b] if isinstance(item, Overlay) else [int(item)]]] = 1
     segments = Segments(np.concatenate(starts), np.concatenate(clip), length)
-    return ClipSet(name, np.concatenate(frames), segments, truth, np.concatenate(window_truth))
+    return ClipSet(name, np.concatenate(frames), segments, truth, np.concatenate(window_truth), list(items))
 
 
 def evaluation_sets(feats: DatasetFeatures, ids, length: int, stride: int, n_mixes: int, seed: int,
@@ -174,16 +176,35 @@ def scores_of(net, sets: list[ClipSet], device: str = "cpu") -> tuple[list[np.nd
 
 def evaluate(net, sets: list[ClipSet], thresholds, device: str = "cpu") -> dict:
     """Every score of the study on ``sets``: per set (ranking, and decisions at the
-    tuned thresholds and at 0.5), and over all their clips together mAP and
-    per-class precision, recall and F1 at both."""
+    tuned thresholds and at 0.5; on mixes also both right split by whether each
+    clip is right alone) and per set and class how often a sound present is
+    ranked among the top ``k``; over all their clips together mAP and per-class
+    precision, recall and F1 at both."""
     _, clips = scores_of(net, sets, device)
     probs, truth = np.concatenate(clips), np.concatenate([s.truth for s in sets])
     ap = average_precision(probs, truth)
-    return {"sets": {s.name: set_scores(p, s.truth, thresholds) for s, p in zip(sets, clips)},
+    scores = {s.name: set_scores(p, s.truth, thresholds) for s, p in zip(sets, clips)}
+    _split_mixes(sets, clips, scores)
+    return {"sets": scores, "found": {s.name: found_per_class(p, s.truth).tolist() for s, p in zip(sets, clips)},
             "sets_05": {s.name: set_scores(p, s.truth, np.full(truth.shape[1], 0.5)) for s, p in zip(sets, clips)},
             "ap": ap.tolist(), "map": float(np.nanmean(ap)),
             "tuned": {k: v.tolist() for k, v in per_class(probs >= np.asarray(thresholds), truth).items()},
             "at_05": {k: v.tolist() for k, v in per_class(probs >= 0.5, truth).items()}}
+
+
+def _split_mixes(sets: list[ClipSet], clips: list[np.ndarray], scores: dict) -> None:
+    """Add :func:`~train.multilabel_metrics.mixes_by_alone` to the ``scores`` of each
+    set of mixes whose clips all play alone in the ``single`` set."""
+    single = next((k for k, s in enumerate(sets) if s.name == "single"), None)
+    if single is None:
+        return
+    where = {item: k for k, item in enumerate(sets[single].items)}
+    right = clips[single].argmax(axis=1) == sets[single].truth.argmax(axis=1)
+    for s, p in zip(sets, clips):
+        mixes = [item for item in s.items if isinstance(item, Overlay)]
+        if mixes and len(mixes) == len(s.items) and all(m.a in where and m.b in where for m in mixes):
+            pairs = np.array([[where[m.a], where[m.b]] for m in mixes])
+            scores[s.name].update(mixes_by_alone(p, s.truth, pairs, right))
 
 
 @dataclasses.dataclass

@@ -11,6 +11,11 @@ are scored by the same code. The study's questions need three kinds of number:
   often more sounds are claimed than are there (a second sound on a single
   clip), and per-class precision, recall and F1;
 * the thresholds themselves, tuned per class on validation data to maximise F1.
+
+Two more tell recognition from masking when a mix goes wrong: per class, how
+often a sound present is among the top ``k`` (:func:`found_per_class`), and
+whether the mixes whose two clips the network gets right on their own fare
+better than the rest (:func:`mixes_by_alone`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,45 @@ def tune_thresholds(scores: np.ndarray, truth: np.ndarray, grid: np.ndarray = GR
     return thresholds
 
 
+def _found(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``(N, C)`` bool: the sounds present that are among each row's top ``k`` outputs (``k``: sounds present)."""
+    truth = truth.astype(bool)
+    ranked = np.argsort(-probs, axis=1, kind="stable")
+    top = np.zeros_like(truth)
+    np.put_along_axis(top, ranked, np.arange(probs.shape[1])[None, :] < truth.sum(axis=1)[:, None], axis=1)
+    return top & truth
+
+
+def found_per_class(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per class ``(C,)``: of the clips holding it, the share where it is among the top
+    ``k`` outputs (``k``: the clip's number of sounds): recall by ranking, per-class accuracy
+    on single clips. NaN for a class no clip holds."""
+    held = truth.astype(bool).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(held > 0, _found(probs, truth).sum(axis=0) / held, np.nan)
+
+
+def mixes_by_alone(mix_probs: np.ndarray, mix_truth: np.ndarray, pairs: np.ndarray,
+                   alone_right: np.ndarray) -> dict[str, float]:
+    """Both sounds right in mixes (top ``k`` = the sounds present), split by whether the
+    network also gets each of the mix's clips right when it plays alone.
+
+    ``pairs`` ``(N, 2)`` indexes each mix's two clips in ``alone_right`` (bool per
+    clip: its top output is its class). ``alone_right``: the share of mixes whose
+    clips are both right alone; ``all_if_alone_right`` and ``all_otherwise``: the
+    share with both sounds right among those and among the rest (NaN for an empty
+    group). A low first score with a high ``alone_right`` means the sounds mask
+    each other; a low ``alone_right`` means the clips are not recognised at all."""
+    both = _found(mix_probs, mix_truth).sum(axis=1) == mix_truth.astype(bool).sum(axis=1)
+    right = np.asarray(alone_right, dtype=bool)[np.asarray(pairs)].all(axis=1)
+
+    def share(mask: np.ndarray) -> float:
+        return float(both[mask].mean()) if mask.any() else float("nan")
+
+    return {"alone_right": float(right.mean()) if len(right) else float("nan"),
+            "all_if_alone_right": share(right), "all_otherwise": share(~right)}
+
+
 def set_scores(probs: np.ndarray, truth: np.ndarray, thresholds) -> dict[str, float]:
     """Scores of one set of clips, each with ``k`` >= 1 sounds present.
 
@@ -77,10 +121,7 @@ def set_scores(probs: np.ndarray, truth: np.ndarray, thresholds) -> dict[str, fl
     """
     truth = truth.astype(bool)
     k = truth.sum(axis=1)
-    ranked = np.argsort(-probs, axis=1, kind="stable")
-    hits = np.take_along_axis(truth, ranked, axis=1)  # truth in rank order
-    top = np.arange(probs.shape[1])[None, :] < k[:, None]
-    found = (hits & top).sum(axis=1)
+    found = _found(probs, truth).sum(axis=1)
     pred = probs >= np.asarray(thresholds)[None, :]
     return {"all": float((found == k).mean()), "one": float((found >= 1).mean()),
             "exact": float((pred == truth).all(axis=1).mean()), "extra": float((pred.sum(axis=1) > k).mean()),

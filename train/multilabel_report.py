@@ -24,6 +24,7 @@ TARGET_BOTH_CORRECT = 0.50  # issue 5's target for the same score
 INITS = ("single-label", "scratch", "pretrained")
 SET_NAMES = {"single": "single clips", "equal": "equal-level mixes", "minus20": "mixes 20 dB apart"}
 SET_COLUMNS = ("all", "one", "exact", "extra")
+_SPLIT = ("alone_right", "all_if_alone_right", "all_otherwise")  # train.multilabel_metrics.mixes_by_alone
 
 
 def _pct(x) -> str:
@@ -53,22 +54,23 @@ def write_study(prefix: str | Path, results: list[dict], classes: list[str], inf
     with open(_beside(prefix, ".csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fold", "model", "set", "clips", "all_topk", "one_topk", "exact_tuned", "extra_tuned",
-                    "exact_0.5", "extra_0.5", "map"])
+                    "exact_0.5", "extra_0.5", "map", *_SPLIT])
         for r in results:
             for name, s in r["sets"].items():
                 h = r["sets_05"][name]
                 w.writerow([r["fold"], r["init"], name, s["n"], f"{s['all']:.4f}", f"{s['one']:.4f}",
                             f"{s['exact']:.4f}", f"{s['extra']:.4f}", f"{h['exact']:.4f}", f"{h['extra']:.4f}",
-                            f"{r['map']:.4f}"])
+                            f"{r['map']:.4f}", *(f"{s[k]:.4f}" if k in s else "" for k in _SPLIT)])
     with open(_beside(prefix, "-classes.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fold", "model", "class", "ap", "threshold", "precision_tuned", "recall_tuned", "f1_tuned",
-                    "precision_0.5", "recall_0.5", "f1_0.5"])
+                    "precision_0.5", "recall_0.5", "f1_0.5", *(f"found_{name}" for name in SET_NAMES)])
         for r in results:
             for c, name in enumerate(classes):
                 t = r.get("thresholds", [0.5] * len(classes))[c]
                 w.writerow([r["fold"], r["init"], name, f"{r['ap'][c]:.4f}", f"{t:.2f}"]
-                           + [f"{r[k][m][c]:.4f}" for k in ("tuned", "at_05") for m in ("precision", "recall", "f1")])
+                           + [f"{r[k][m][c]:.4f}" for k in ("tuned", "at_05") for m in ("precision", "recall", "f1")]
+                           + [f"{r['found'][k][c]:.4f}" if k in r.get("found", {}) else "" for k in SET_NAMES])
     _plot(_beside(prefix, ".png"), results, inits, info["title"])
     _beside(prefix, ".md").write_text(_markdown(prefix, results, classes, info, inits, folds))
 
@@ -117,6 +119,18 @@ def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
                   f"{delta(lambda r: r['sets']['single']['extra'])}, both correct on equal-level mixes "
                   f"{delta(lambda r: r['sets']['equal']['all'])}, on mixes 20 dB apart "
                   f"{delta(lambda r: r['sets']['minus20']['all'])}, mAP {delta(lambda r: r['map'])}."]
+    if all("alone_right" in r["sets"]["equal"] for r in results):
+        lines += ["", "## Recognition or masking?", "",
+                  "Mixes split by whether the same network gets each of their two clips right when the clip plays "
+                  "alone (its top output is its class): *clips right alone* is the share of mixes where both are; "
+                  "*both* is then the share of mixes with both sounds right among those and among the rest. If "
+                  "mixing did no harm, the first would be near 100 %.", "",
+                  "| model | equal: clips right alone | equal: both, if so | equal: both, otherwise | "
+                  "20 dB: clips right alone | 20 dB: both, if so | 20 dB: both, otherwise |", "|---" * 7 + "|"]
+        for init in inits:
+            cells = [_mean(results, init, lambda r, s=s, k=k: r["sets"][s][k])
+                     for s in ("equal", "minus20") for k in _SPLIT]
+            lines.append(f"| {label[init]} | " + " | ".join(_pct(c) for c in cells) + " |")
     lines += ["", "## Per test fold", "",
               "| fold | model | train / val / test clips | epochs (best overlay epoch) | minutes | single acc | equal both | "
               "equal one | 20 dB both | 20 dB one | mAP | val mAP |", "|---" * 12 + "|"]
@@ -138,6 +152,16 @@ def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
             for i in ml:
                 cells += [_mean(results, i, lambda r: r["ap"][c]), _mean(results, i, lambda r: r["at_05"]["f1"][c]),
                           _mean(results, i, lambda r: r["tuned"]["f1"][c])]
+            lines.append(f"| {name} | " + " | ".join(_pct(x) for x in cells) + " |")
+    if all("found" in r for r in results):
+        lines += ["", "## Per class: found by ranking (mean over folds)", "",
+                  "Of the test clips holding a class, the share where it is among the top *k* outputs (*k*: the "
+                  "clip's number of sounds): per-class accuracy on single clips, and on mixes whether the sound "
+                  "made the top two.", "",
+                  "| class | " + " | ".join(f"{i}: single | {i}: equal | {i}: 20 dB" for i in inits) + " |",
+                  "|---|" + "---|---|---|" * len(inits)]
+        for c, name in enumerate(classes):
+            cells = [_mean(results, i, lambda r, s=s: r["found"][s][c]) for i in inits for s in SET_NAMES]
             lines.append(f"| {name} | " + " | ".join(_pct(x) for x in cells) + " |")
     lines += ["", f"Every number: [{prefix.name}.csv]({prefix.name}.csv), "
               f"[{prefix.name}-classes.csv]({prefix.name}-classes.csv), [{prefix.name}.json]({prefix.name}.json).", "",
@@ -179,8 +203,11 @@ def _plot(path: Path, results, inits, title) -> None:
 
 
 # What compare_studies reports: (column, evaluation set, score), for each model of each recipe.
+# Scores added later are "–" for reports written before them.
 _COMPARED = (("single: accuracy", "single", "all"), ("single: 2nd sound", "single", "extra"),
-             ("equal: both", "equal", "all"), ("equal: one", "equal", "one"), ("20 dB: both", "minus20", "all"))
+             ("equal: both", "equal", "all"), ("equal: one", "equal", "one"),
+             ("equal: clips right alone", "equal", "alone_right"), ("equal: both, if so", "equal", "all_if_alone_right"),
+             ("20 dB: both", "minus20", "all"))
 _RUN_SETTINGS = ("seed", "device")  # settings that tell runs of one recipe apart
 _OWN_COLUMNS = ("window", "dense")  # recipe settings with a column of their own
 # Settings added after reports were written: a report without one ran with this value.
@@ -227,13 +254,17 @@ def _seed_scores(runs: dict, init: str, recipe_name: str) -> dict[int, dict[str,
     scores = {}
     for seed, folds in by_seed.items():
         results = list(folds.values())
-        scores[seed] = {name: float(np.mean([r["sets"][s][k] for r in results])) for name, s, k in _COMPARED}
+        scores[seed] = {name: float(np.mean([r["sets"][s].get(k, np.nan) for r in results]))
+                        for name, s, k in _COMPARED}
         scores[seed]["mAP"] = float(np.mean([r["map"] for r in results]))
     return scores
 
 
 def _spread(values: list[float]) -> str:
+    """Mean and range in percent; "–" if any value is missing (NaN: a score the report predates)."""
     values = [100 * v for v in values]
+    if not values or np.isnan(values).any():
+        return "–"
     return f"{np.mean(values):.1f}" + (f" ({min(values):.1f} to {max(values):.1f})" if len(values) > 1 else "")
 
 
