@@ -198,13 +198,19 @@ def test_tiny_study_learns_to_tag_pairs_and_writes_its_report(feats, tmp_path):
         report["config"] = {"window": "short", "dense": 32, "seed": seed}
         report["results"][1]["map"] = r["map"] * scale
         (tmp_path / f"seed{seed}.json").write_text(json.dumps(report))
-    table = compare_studies([tmp_path / "seed2.json", tmp_path / "seed1.json"]).splitlines()
+    table, per_class = compare_studies([tmp_path / "seed2.json", tmp_path / "seed1.json"]).split("\n\n", 1)
+    table = table.splitlines()
     assert len(table) == 4 and [row.split(" | ")[4] for row in table[2:]] == ["single-label", "pretrained"]
     cells = table[3].split(" | ")
     assert cells[:6] == ["| short", "32", cells[2], "–", "pretrained", "1, 2"]
     assert cells[-1] == f"{75 * r['map']:.1f} ({50 * r['map']:.1f} to {100 * r['map']:.1f}) |"
     assert table[2].split(" | ")[7] == "–"  # a softmax network claims no second sound
     assert cells[10].startswith(f"{100 * r['sets']['equal']['alone_right']:.1f} (")
+    # per class, by name: single-clip accuracy and top-two share in equal mixes, for each model
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in per_class.splitlines() if line.startswith("| ")}
+    first = rows[f"| {feats.dataset.classes[0]}"]
+    assert len(rows) == 1 + 3 and len(first) == 1 + 2 * 2
+    assert first[3] == f"{100 * r['found']['single'][0]:.1f}"  # pretrained: single, after the softmax's two
 
 
 def test_study_on_a_share_of_the_training_clips_keeps_whole_recordings_from_the_seed(tmp_path):

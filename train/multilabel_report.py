@@ -50,7 +50,8 @@ def write_study(prefix: str | Path, results: list[dict], classes: list[str], inf
     prefix.parent.mkdir(parents=True, exist_ok=True)
     inits = [i for i in INITS if any(r["init"] == i for r in results)]
     folds = sorted({r["fold"] for r in results})
-    _beside(prefix, ".json").write_text(json.dumps({**info, "results": results}, indent=1) + "\n")
+    _beside(prefix, ".json").write_text(json.dumps({**info, "classes": list(classes), "results": results}, indent=1)
+                                        + "\n")
     with open(_beside(prefix, ".csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fold", "model", "set", "clips", "all_topk", "one_topk", "exact_tuned", "extra_tuned",
@@ -257,6 +258,9 @@ def _seed_scores(runs: dict, init: str, recipe_name: str) -> dict[int, dict[str,
         scores[seed] = {name: float(np.mean([r["sets"][s].get(k, np.nan) for r in results]))
                         for name, s, k in _COMPARED}
         scores[seed]["mAP"] = float(np.mean([r["map"] for r in results]))
+        if all("found" in r for r in results):  # per class, for the per-class table
+            scores[seed]["found"] = {name: np.mean([r["found"][name] for r in results], axis=0)
+                                     for name in ("single", "equal")}
     return scores
 
 
@@ -335,7 +339,31 @@ def compare_studies(paths) -> str:
                   "mean and range over the seeds.", "",
                   "| window | dense | recipe | seeds | " + " | ".join(columns) + " |",
                   "|---|---:|---|---|" + "---:|" * len(columns), *effects]
+    classes = next((c for c in (json.loads(Path(p).read_text()).get("classes") for p in paths) if c), None)
+    lines += _found_table(rows, classes)
     return "\n".join(lines) + "\n"
+
+
+def _found_table(rows: list[_Row], classes: list[str] | None) -> list[str]:
+    """Per class, mean over seeds: single-clip accuracy and how often the sound is in the top
+    two of an equal-level mix, for each row whose every seed's reports hold it. Classes by
+    name where the reports name them (reports written before that: by index)."""
+    rows = [r for r in rows if all("found" in s for s in r.scores.values())]
+    if not rows:
+        return []
+    n_classes = len(next(iter(rows[0].scores.values()))["found"]["single"])
+    names = classes if classes and len(classes) == n_classes else [str(c) for c in range(n_classes)]
+    header = [f"{r.init}" + (f", {r.recipe}" if r.recipe != "–" else "") + f": {where}"
+              for r in rows for where in ("single", "equal")]
+    lines = ["", "Per class, mean over the seeds: *single* is the "
+             "share of single clips of the class whose top output is the class, *equal* the share of "
+             "equal-level mixes holding it where it is among the top two outputs.", "",
+             "| class | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for c in range(n_classes):
+        cells = [_spread([s["found"][where][c] for s in r.scores.values()]).split(" (")[0]
+                 for r in rows for where in ("single", "equal")]
+        lines.append(f"| {names[c]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_studies(paths, png: str | Path) -> None:
