@@ -1,10 +1,12 @@
 """What the end-to-end benchmarks feed streamtag: model files and street audio.
 
-No trained model ships yet, and latency does not depend on the weights, so
-the benchmarks save untrained :class:`~streamtag.model.PiczakCNN` networks of
-the shapes that matter: dense 1500 with batch norm (the live default) and the
-paper's dense 5000, on short windows, with the hop an exported short-window
-model carries (``train.segments.WINDOWS``).
+Latency does not depend on the weights, so the benchmarks save untrained
+:class:`~streamtag.model.PiczakCNN` networks of the shapes the targets name:
+dense 1500 with batch norm and the paper's dense 5000, on short windows, with
+the hop an exported short-window model carries (``train.segments.WINDOWS``).
+The model embedded in the package (long windows, dense 1500) is measured
+beside them where a user would meet it: live (:mod:`benchmarks.live`) and on
+files (:mod:`benchmarks.files`, ``streamtag tag`` at default settings).
 
 Audio is the demo street scene (:func:`streamtag.scene.synthesize_scene`)
 looped: an hour of it is never held in memory, so a memory figure measures

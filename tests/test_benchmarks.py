@@ -25,7 +25,7 @@ from benchmarks.soak import growth
 from benchmarks.workload import SPEC, LoopedSource, model_file, write_street
 from streamtag import cli
 from streamtag.engine import Engine
-from streamtag.modelfile import load_model
+from streamtag.modelfile import DEFAULT_MODEL, load_model, read_metadata
 from streamtag.ringbuffer import RingBuffer
 from streamtag.sources import FileSource
 
@@ -61,7 +61,7 @@ def test_every_part_records_its_machine_and_figures(quick):
 
 def test_live_runs_score_every_window_and_report_ordered_latencies(quick):
     live = quick[1]["live"]["figures"]
-    assert len(live["runs"]) == 10
+    assert len(live["runs"]) == 11
     for run in live["runs"]:
         assert run["dropped_samples"] == 0  # a 10 s ring cannot overflow in a 2 s run
         assert run["windows"] == run["expected_windows"] > 0
@@ -74,6 +74,12 @@ def test_live_runs_score_every_window_and_report_ordered_latencies(quick):
     assert [r["name"] for r in live["runs"] if r["int8"]] == ["dense 1500 int8, hop 1"]
     assert live["p99_ms"] == live["runs"][0]["latency"]["p99_ms"]
     assert live["int8_p99_ms"] == next(r for r in live["runs"] if r["int8"])["latency"]["p99_ms"]
+    # the embedded model as streamtag live runs it: its own window and hop, named in the row
+    meta = read_metadata(DEFAULT_MODEL)
+    shipped = [r for r in live["runs"] if r["shipped"]]
+    assert [(r["frames"], r["hop"]) for r in shipped] == [(meta["window_frames"], meta["hop_frames"])]
+    assert shipped[0]["name"] == f"default model, hop {meta['hop_frames']}, {meta['window_frames']} frames"
+    assert all(r["frames"] == 41 for r in live["runs"] if not r["shipped"])
 
 
 def test_files_and_soak_measure_whole_processes(quick):
