@@ -133,7 +133,7 @@ def _markdown(prefix: Path, results, classes, info, inits, folds) -> str:
                      for s in ("equal", "minus20") for k in _SPLIT]
             lines.append(f"| {label[init]} | " + " | ".join(_pct(c) for c in cells) + " |")
     lines += ["", "## Per test fold", "",
-              "| fold | model | train / val / test clips | epochs (best overlay epoch) | minutes | single acc | equal both | "
+              "| fold | model | train / val / test clips | epochs (overlay epoch kept) | minutes | single acc | equal both | "
               "equal one | 20 dB both | 20 dB one | mAP | val mAP |", "|---" * 12 + "|"]
     for r in results:
         s = r["sets"]
@@ -353,7 +353,7 @@ def _found_table(rows: list[_Row], classes: list[str] | None) -> list[str]:
         return []
     n_classes = len(next(iter(rows[0].scores.values()))["found"]["single"])
     names = classes if classes and len(classes) == n_classes else [str(c) for c in range(n_classes)]
-    header = [f"{r.init}" + (f", {r.recipe}" if r.recipe != "–" else "") + f": {where}"
+    header = [f"{r.window} {r.dense}, {r.init}" + (f", {r.recipe}" if r.recipe != "–" else "") + f": {where}"
               for r in rows for where in ("single", "equal")]
     lines = ["", "Per class, mean over the seeds: *single* is the "
              "share of single clips of the class whose top output is the class, *equal* the share of "
