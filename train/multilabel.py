@@ -215,7 +215,7 @@ class Trained:
     thresholds: np.ndarray  # per class, tuned on validation clip scores
     window_thresholds: np.ndarray  # per class, tuned on validation window scores (what live tagging applies)
     history: list[dict]  # one row per epoch, pretraining first
-    best_epoch: int  # the overlay-stage epoch whose weights were kept
+    kept_epoch: int  # the overlay-stage epoch whose weights were kept
     val: dict  # evaluate() on the validation sets
     n_train: int
     n_val: int
@@ -253,13 +253,13 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
         torch.manual_seed(seed)
         net = make_net(feats, window, multilabel)
         net.set_normalization(*normalization(feats, fit_ids))
-    best = {"map": -1.0}
+    best = {"map": -1.0, "epoch": recipe.epochs}  # with keep="last", the last epoch is the one kept
 
     def after_epoch(row: dict) -> None:
         _, clips = scores_of(net, val, device)
         row.update(stage="overlays", val_map=float(np.nanmean(average_precision(
             np.concatenate(clips), np.concatenate([s.truth for s in val])))))
-        if row["val_map"] > best["map"]:
+        if overlays.keep == "best" and row["val_map"] > best["map"]:
             best.update(map=row["val_map"], epoch=row["epoch"], state=copy.deepcopy(net.state_dict()))
         note(row)
 
@@ -268,8 +268,6 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
                      None, after_epoch)
     if overlays.keep == "best":
         net.load_state_dict(best["state"])
-    else:
-        best["epoch"] = recipe.epochs
     net.eval()
     windows, clips = scores_of(net, val, device)
     thresholds = tune_thresholds(np.concatenate(clips), np.concatenate([s.truth for s in val]))
@@ -311,7 +309,8 @@ def study(feats: DatasetFeatures, window: str, recipe: Recipe, overlays: Overlay
                                 "history": trained.history[:o.pretrain_epochs]})
             r = evaluate(trained.net, tests, trained.thresholds, device)
             results.append({**base, **r, "init": init, "epochs": len(trained.history),
-                            "best_epoch": trained.best_epoch, "seconds": time.perf_counter() - t0,
+                            # "best_epoch": the key reports have always used for the overlay epoch kept
+                            "best_epoch": trained.kept_epoch, "seconds": time.perf_counter() - t0,
                             "thresholds": trained.thresholds.tolist(), "val_map": trained.val["map"],
                             "history": trained.history})
             if on_result:

@@ -275,7 +275,7 @@ def _train_and_export(args, feats, recipe, overlays, augment, init, device, reci
         "pretraining": (f"{overlays.pretrain_epochs} single-label (softmax) epochs" if overlays.pretrain_epochs
                         else "none"),
         "overlays": data_text, "augment": augment.describe(), "seed": args.seed,
-        "epochs": len(trained.history), "keep": overlays.keep, "kept_overlay_epoch": trained.best_epoch,
+        "epochs": len(trained.history), "keep": overlays.keep, "kept_overlay_epoch": trained.kept_epoch,
         "thresholds": "per class, maximising F1 on the validation clips' windows (single clips and mixes)",
         "metrics": metrics}
     length = WINDOWS[args.window][0]

@@ -224,13 +224,16 @@ def _settings(config: dict, prefix: str = ""):
             yield f"{prefix}{name}", json.dumps(value)
 
 
-def _gather(paths) -> dict:
-    """recipe -> seed -> model -> test fold -> result. Reports of the same recipe and
+def _gather(paths) -> tuple[dict, list[str] | None]:
+    """recipe -> seed -> model -> test fold -> result, and the class names of the first
+    report that holds them (older reports do not). Reports of the same recipe and
     seed that test different folds are one run (a study split into one process per
     test fold); the same fold twice is an error, not a second sample."""
     recipes: dict = {}
+    classes = None
     for path in paths:
         study = json.loads(Path(path).read_text())
+        classes = classes or study.get("classes")
         config = study["config"]
         settings = {**{name: json.dumps(value) for name, value in _ADDED_LATER.items()}, **dict(_settings(config))}
         recipe = tuple(sorted(item for item in settings.items() if item[0] not in _RUN_SETTINGS))
@@ -241,7 +244,7 @@ def _gather(paths) -> dict:
                 raise ValueError(f"{path}: seed {config['seed']} tests fold {result['fold']} with the "
                                  f"{result['init']} model a second time")
             folds[result["fold"]] = result
-    return recipes
+    return recipes, classes
 
 
 def _seed_scores(runs: dict, init: str, recipe_name: str) -> dict[int, dict[str, float]]:
@@ -264,12 +267,14 @@ def _seed_scores(runs: dict, init: str, recipe_name: str) -> dict[int, dict[str,
     return scores
 
 
-def _spread(values: list[float]) -> str:
-    """Mean and range in percent; "–" if any value is missing (NaN: a score the report predates)."""
+def _spread(values: list[float], with_range: bool = True) -> str:
+    """Mean and (unless not ``with_range``) range in percent; "–" if any value is missing
+    (NaN: a score the report predates)."""
     values = [100 * v for v in values]
     if not values or np.isnan(values).any():
         return "–"
-    return f"{np.mean(values):.1f}" + (f" ({min(values):.1f} to {max(values):.1f})" if len(values) > 1 else "")
+    return f"{np.mean(values):.1f}" + (f" ({min(values):.1f} to {max(values):.1f})"
+                                       if with_range and len(values) > 1 else "")
 
 
 @dataclasses.dataclass
@@ -284,11 +289,12 @@ class _Row:
     scores: dict[int, dict[str, float]]
 
 
-def _rows(paths) -> list[_Row]:
+def _rows(paths) -> tuple[list[_Row], list[str] | None]:
+    """The rows of a comparison, and the class names the reports give (or None)."""
     from streamtag.modelinfo import parameter_count
     from train.segments import WINDOWS
 
-    recipes = _gather(paths)
+    recipes, classes = _gather(paths)
     varying = sorted({name for recipe in recipes for name, value in recipe if name not in _OWN_COLUMNS
                       and any((name, value) not in other for other in recipes)})
     rows = []
@@ -303,7 +309,7 @@ def _rows(paths) -> list[_Row]:
             scores = _seed_scores(runs, init, f"{window} {dense}" + (f", {name}" if name != "–" else ""))
             if scores:
                 rows.append(_Row(window, dense, megabytes, name, init, scores))
-    return rows
+    return rows, classes
 
 
 def compare_studies(paths) -> str:
@@ -318,7 +324,7 @@ def compare_studies(paths) -> str:
     columns = [name for name, _, _ in _COMPARED] + ["mAP"]
     lines = ["| window | dense | weights (MB) | recipe | model | seeds | " + " | ".join(columns) + " |",
              "|---|---:|---:|---|---|---|" + "---:|" * len(columns)]
-    rows = _rows(paths)
+    rows, classes = _rows(paths)
     for row in rows:
         # a softmax network's outputs sum to one: it cannot claim a second sound at 0.5
         cells = ["–" if row.init == "single-label" and c == "single: 2nd sound"
@@ -339,7 +345,6 @@ def compare_studies(paths) -> str:
                   "mean and range over the seeds.", "",
                   "| window | dense | recipe | seeds | " + " | ".join(columns) + " |",
                   "|---|---:|---|---|" + "---:|" * len(columns), *effects]
-    classes = next((c for c in (json.loads(Path(p).read_text()).get("classes") for p in paths) if c), None)
     lines += _found_table(rows, classes)
     return "\n".join(lines) + "\n"
 
@@ -360,7 +365,7 @@ def _found_table(rows: list[_Row], classes: list[str] | None) -> list[str]:
              "equal-level mixes holding it where it is among the top two outputs.", "",
              "| class | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for c in range(n_classes):
-        cells = [_spread([s["found"][where][c] for s in r.scores.values()]).split(" (")[0]
+        cells = [_spread([s["found"][where][c] for s in r.scores.values()], with_range=False)
                  for r in rows for where in ("single", "equal")]
         lines.append(f"| {names[c]} | " + " | ".join(cells) + " |")
     return lines
@@ -372,7 +377,7 @@ def plot_studies(paths, png: str | Path) -> None:
     equal-level mixes (with the study's figure and issue 5's target), so the seeds'
     spread is seen beside the differences between rows."""
     plt = _pyplot()
-    rows = _rows(paths)
+    rows, _ = _rows(paths)
     labels = [textwrap.fill(f"{r.window} {r.dense}" + (f", {r.recipe}" if r.recipe != "–" else ""), 40)
               + f"\n{r.init}" for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.6 * len(rows)), sharey=True)
