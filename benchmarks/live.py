@@ -63,9 +63,16 @@ class Config:
 
     @property
     def name(self) -> str:
+        return self.label()
+
+    def label(self, model_hop: int | None = None, frames: int = FRAMES) -> str:
+        """The name, with the hop the model chose where the configuration leaves it to the model,
+        and the window length where it is not 41 frames."""
+        hop = self.hop or model_hop
         model = "default model" if self.shipped else f"dense {self.dense}{' int8' if self.int8 else ''}"
-        return (model + (f", hop {self.hop}" if self.hop else ", its hop")
-                + (", core busy" if self.busy else "") + ("" if self.threads == THREADS else ", torch default threads"))
+        return (model + (f", hop {hop}" if hop else ", its hop")
+                + (", core busy" if self.busy else "") + ("" if self.threads == THREADS else ", torch default threads")
+                + (f", {frames} frames" if frames != FRAMES else ""))
 
     @property
     def model(self) -> tuple:
@@ -153,9 +160,8 @@ def measure(model, config: Config, seconds: float, clip: np.ndarray, warmup: flo
         if busy is not None:
             busy.kill()
             busy.wait()
-    name = config.name if config.hop else config.name.replace("its hop", f"hop {engine.hop_frames}")
     return {
-        "name": name + (f", {engine.window_frames} frames" if engine.window_frames != FRAMES else ""),
+        "name": config.label(engine.hop_frames, engine.window_frames),
         "dense": config.dense, "int8": config.int8, "shipped": config.shipped, "hop": engine.hop_frames,
         "frames": engine.window_frames, "busy": config.busy,
         "threads": torch.get_num_threads(), "long": config.long, "audio_seconds": source.frames / rate,
