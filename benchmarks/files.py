@@ -4,7 +4,7 @@ Each figure is a whole process, as a user runs it: ``python -m streamtag tag
 FILE -o events.jsonl`` with default settings (the bundled default model at its
 default hop, torch's threads, one per core; one row adds ``--hop 20``, one
 ``--int8``, one ``--threads 1``, the setting for one job per core), start-up (imports,
-numba's cached kernel, loading the model) included, timed from launch to exit;
+the frontend's cached compiled kernel, loading the model) included, timed from launch to exit;
 peak memory is the child's maximum resident set size (``wait4``). The input is
 an hour of looped street scene as a 16-bit WAV at the model's 22.05 kHz, and
 the same at 44.1 kHz, which adds streaming resampling.

@@ -11,7 +11,7 @@ Python's shutdown, whose C++ destructors would read 128 MB of torch's CUDA
 libraries back in only to tear them down. Beside it, the peaks of processes
 that stop, the same way, after each step of the live path's start-up: import
 torch (the pinned PyPI wheel is the CUDA build, which maps its CUDA libraries
-even on a CPU), load the frontend's compiled kernel (numba and its LLVM), load
+even on a CPU), load the frontend's kernel (compiled ahead of time, so no numba), load
 the model (TorchScript, frozen and optimised for inference): the floors under
 the live path's own memory.
 

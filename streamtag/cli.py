@@ -247,7 +247,7 @@ def entry_point() -> None:
 def exit_now(code: int) -> None:
     """Flush the standard streams and end the process without Python's shutdown.
 
-    The shutdown tears down every object that torch and numba created, and
+    The shutdown tears down every object that torch (and numba, where loaded) created, and
     torch's libraries then run their C++ destructors: 1.2-1.5 s here, more than
     the tagging of ten minutes of audio, paid by every call in a shell script,
     and 128 MB more resident memory than ``import torch`` itself needs (its

@@ -2,9 +2,11 @@
 
 :class:`Frontend` takes audio in blocks of any size and emits each frame the
 moment its last sample arrives. All per-frame work (window, FFT, mel, dB, delta)
-runs inside one ``@njit`` kernel per :meth:`Frontend.push`, with the power
-spectrum from :mod:`streamtag.spectrum`, so there is no per-frame Python and no
-allocation per frame. A recording's features are, by
+runs inside one numba kernel per :meth:`Frontend.push`
+(:mod:`streamtag.frontend_kernel`, with the power spectrum from
+:mod:`streamtag.spectrum`), so there is no per-frame Python and no allocation
+per frame. This module only builds the kernel's state and loads the kernel
+compiled ahead of time, so it imports neither numba nor LLVM. A recording's features are, by
 definition, what this frontend emits when fed that recording in one block:
 :func:`compute_features` does exactly that, so training and live inference see
 identical numbers by construction.
@@ -13,12 +15,26 @@ identical numbers by construction.
 from __future__ import annotations
 
 import functools
-import numba
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 
 from streamtag.errors import AudioError
 from streamtag.features import DELTA_TAPS, FeatureSpec, hann_periodic, mel_filterbank
-from streamtag.spectrum import SpectrumPlan, make_plan, power_spectrum
+from streamtag.spectrum_plan import make_plan
+
+try:
+    import fcntl
+except ImportError:  # Windows: concurrent first builds each build, and the last rename wins
+    fcntl = None
 
 _FLOAT32 = np.dtype(np.float32)
 _UNIT_STRIDE = (_FLOAT32.itemsize,)  # the strides of a C-contiguous float32 vector, and of nothing else
@@ -38,178 +54,100 @@ _BUFFER_HOPS = 4  # the sample buffer holds a frame plus this many hops, so it i
 _START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _TWIDDLES, _BUFFER, _INTS, _RING = range(13)
 _HEADER = 13
 
-_LN2 = 0.6931471805599453
-_DB_PER_LN = 10.0 / 2.302585092994046  # dB per natural-log unit: 10 / ln 10
-_MANTISSA = (1 << 52) - 1
-_EXPONENT_ONE = 1023 << 52
+# The kernel (streamtag.frontend_kernel) as this process runs it: an extension module compiled
+# ahead of time for this machine, kept in a cache directory under a key of everything the
+# machine code depends on, and built on first use in a child process. Loading it costs
+# ~0 MB and ~0 s; importing numba and its LLVM to run the kernel just in time would cost
+# ~120 MB (a fifth of a live process's memory) and ~1 s of every process's start-up. Where
+# the build cannot be made (no C compiler; a numba without pycc), the kernel runs just in
+# time instead: the same frames, that memory and start-up more.
+_KERNEL_MODULE = "streamtag_frontend_kernel"  # the extension's name: it exports PyInit_<this>
+_SOURCES = ("frontend.py", "frontend_kernel.py", "spectrum.py", "spectrum_plan.py")
+_EXTENSION = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+_log = logging.getLogger("streamtag")
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _to_db(energy, mantissa, out):
-    """``out[m] = 10 * log10(energy[m])`` for normal positive float64 energies, to ~1e-10 dB;
-    NaN and infinity pass through.
+def kernel_cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$STREAMTAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/streamtag``
+    (``~/.cache/streamtag``)."""
+    if os.environ.get("STREAMTAG_CACHE_DIR"):
+        return Path(os.environ["STREAMTAG_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamtag"
 
-    libm's log10 is a scalar call per band (~9 ns each, half a microsecond per
-    frame); this splits off the exponent with integer arithmetic on the bits and
-    evaluates ``ln`` of the mantissa in ``[sqrt(1/2), sqrt(2))`` as the series
-    ``2 atanh(s)``, ``s = (m - 1) / (m + 1)``, which loops LLVM vectorises.
+
+def _cpu_fingerprint() -> str:
+    """The CPU's model and instruction-set flags: the module is compiled for this CPU's features."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read().split("\n\n")[0]
+        return "\n".join(line for line in info.splitlines() if line.startswith(("model name", "flags")))
+    except OSError:  # not Linux
+        return f"{platform.machine()} {platform.processor()} {platform.platform()}"
+
+
+def _kernel_key() -> str:
+    """A digest of what the compiled module depends on: the kernel's sources (the layout
+    constants here included), numba's version, the Python ABI and the CPU."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    numba = Path(importlib.util.find_spec("numba").origin).parent  # found, not imported
+    # numba's version file, not importlib.metadata: importing that costs 60 ms of every start-up
+    for path in [here / name for name in _SOURCES] + [numba / "_version.py"]:
+        digest.update(path.read_bytes())
+    digest.update(f"{_EXTENSION} {_cpu_fingerprint()}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _build(path: Path, failed: Path) -> None:
+    """Build the module at ``path`` in a child process; on failure record why in ``failed``.
+
+    One process builds while others wait on a lock (a shell script's parallel jobs on first
+    use), then find the module built. The child writes beside ``path`` and the result is
+    renamed into place, so no process ever loads a half-written file.
     """
-    bits = energy.view(np.int64)
-    mbits = mantissa.view(np.int64)
-    for m in range(energy.shape[0]):
-        mbits[m] = (bits[m] & _MANTISSA) | _EXPONENT_ONE  # the mantissa as a float in [1, 2)
-    for m in range(energy.shape[0]):
-        e = np.float64((bits[m] >> 52) - 1023)
-        x = mantissa[m]
-        big = x > 1.4142135623730951
-        x = x * 0.5 if big else x
-        e = e + 1.0 if big else e
-        s = (x - 1.0) / (x + 1.0)
-        s2 = s * s
-        ln_x = 2.0 * s * (1.0 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (1.0 / 11))))))
-        db = _DB_PER_LN * (e * _LN2 + ln_x)
-        out[m] = db if energy[m] < np.inf else energy[m]  # NaN < inf is false too
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _push_kernel(x, state, out):
-    """Consume the samples ``x`` and write every frame they complete to ``out``
-    from row ``used`` on, the delta history and the window ring; return the new
-    ``used``. If ``out`` lacks the rows, consume nothing and return ``-1 - rows
-    needed``, so the caller can hand over a larger ``out``.
-
-    ``buf[start:end]`` holds the samples not yet consumed by a hop: a frame is
-    the contiguous slice ``buf[start:start + n_fft]``, so nothing is shifted per
-    frame; when the buffer is full its tail moves to the front. The ring works
-    the same way: frames are appended at slot ``s`` of a ring twice the window
-    history long, and when it is full the newest history moves to the front, so
-    the newest frames always form one contiguous slice ending at ``s``.
-    """
-    ints = state.view(np.int64)
-    hop, n_fft, n_mels, nnz, n_twiddles = ints[_HOP], ints[_NFFT], ints[_NMELS], ints[_NNZ], ints[_TWIDDLES]
-    size = ints[_BUFFER]
-    buf = state[ints[_INTS]:ints[_INTS] + (size + 1) // 2].view(np.float32)  # the samples as they came
-    start, end = ints[_START], ints[_END]
-    n = x.shape[0]
-    pending = end - start + n
-    count = (pending - n_fft) // hop + 1 if pending >= n_fft else 0
-    produced = ints[_USED]
-    if produced + count > out.shape[0]:
-        return -1 - count
-    if count == 0 and end + n <= size:  # no frame completes and the buffer has room: a copy
-        dst = buf[end:end + n]
-        for k in range(n):
-            dst[k] = x[k]
-        ints[_END] = end + n
-        return produced
-    half = n_fft // 2
-    at = _HEADER
-    fb_ptr = ints[at:at + n_mels + 1]
-    at += n_mels + 1
-    fb_start = ints[at:at + n_mels]
-    at += n_mels
-    gather = ints[at:at + half]
-    at = ints[_INTS] + (size + 1) // 2  # after the sample buffer: float32, so a frame reads half the bytes
-    hist = state[at:at + _HISTORY * n_mels]  # _HISTORY rows of n_mels: flat, as a reshape costs ~35 ns
-    at += _HISTORY * n_mels
-    window = state[at:at + n_fft]
-    at += n_fft
-    fb_w = state[at:at + nnz]
-    at += nnz
-    amin = state[at]
-    at += 1
-    twiddles = state[at:at + n_twiddles]
-    at += n_twiddles
-    post_twiddles = state[at:at + n_fft]
-    at += n_fft
-    work = state[at:at + 5 * half]
-    at += 5 * half
-    plan = SpectrumPlan(twiddles, post_twiddles, gather, work, window)
-    power = state[at:at + half + 1]
-    at += half + 1
-    energy = state[at:at + n_mels]
-    at += n_mels
-    mantissa = state[at:at + n_mels]
-    at += n_mels
-    logmel = state[at:at + n_mels]
-    at += n_mels
-    delta = state[at:at + n_mels]
-    ring = state[ints[_RING]:].view(np.float32)  # (ring_slots, 2, n_mels), flat
-    ring_slots = ring.shape[0] // (2 * n_mels)
-
-    capacity = ring_slots // 2
-    emitted, slot = ints[_EMITTED], ints[_SLOT]
-    i = 0
-    while i < n:
-        if end == size:  # buffer full: move the unconsumed tail (less than a frame) to the front
-            tail = buf[start:end]
-            for k in range(end - start):
-                buf[k] = tail[k]
-            end -= start
-            start = 0
-        take = min(size - end, n - i)
-        dst, src = buf[end:end + take], x[i:i + take]  # slices: indices from 0 let LLVM vectorise
-        for k in range(take):
-            dst[k] = src[k]
-        end += take
-        i += take
-        while end - start >= n_fft:
-            power_spectrum(buf[start:start + n_fft], power, plan)
-            start += hop
-            for m in range(n_mels):  # each band's weights apply to one contiguous run of bins, from fb_start[m]
-                first, count = fb_ptr[m], fb_ptr[m + 1] - fb_ptr[m]
-                bins = power[fb_start[m]:fb_start[m] + count]
-                weights = fb_w[first:first + count]
-                acc = 0.0
-                for j in range(count):
-                    acc += weights[j] * bins[j]
-                energy[m] = max(acc, amin)
-            _to_db(energy, mantissa, logmel)
-            # causal delta over the last 9 log-mel frames; edge-pad the stream start
-            for r in range(_HISTORY if emitted == 0 else 1):
-                row = (emitted + r) % _HISTORY
-                hist[row * n_mels:(row + 1) * n_mels] = logmel
-            delta[:] = 0.0
-            for tap in range(1, DELTA_TAPS + 1):
-                row = (emitted - DELTA_TAPS + tap) % _HISTORY
-                later = hist[row * n_mels:(row + 1) * n_mels]
-                row = (emitted - DELTA_TAPS - tap + _HISTORY) % _HISTORY
-                earlier = hist[row * n_mels:(row + 1) * n_mels]
-                for m in range(n_mels):
-                    delta[m] += tap * (later[m] - earlier[m])
-            frame = out[produced]
-            for m in range(n_mels):
-                frame[0, m] = logmel[m]
-                frame[1, m] = delta[m]
-            if slot == ring_slots:  # the ring is full: its newest window-worth of frames moves to the front
-                newest = ring[(slot - capacity) * 2 * n_mels:slot * 2 * n_mels]
-                for k in range(capacity * 2 * n_mels):
-                    ring[k] = newest[k]
-                slot = capacity
-            row = ring[slot * 2 * n_mels:(slot + 1) * 2 * n_mels]
-            for m in range(n_mels):
-                row[m] = logmel[m]
-                row[n_mels + m] = delta[m]
-            slot += 1
-            emitted += 1
-            produced += 1
-    ints[_START], ints[_END] = start, end
-    ints[_EMITTED], ints[_SLOT], ints[_USED] = emitted, slot, produced
-    return produced
-
-
-# The one signature push() calls the kernel with. push() calls the compiled
-# function for it directly: the dispatcher's per-call type resolution costs
-# ~0.4 us, a tenth of a frame. push() makes x a C-contiguous float32 vector and
-# owns the other two arrays, so the types always match.
-_PUSH_SIGNATURE = "int64(float32[::1], float64[::1], float32[:, :, ::1])"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / "build.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() or failed.exists():
+            return
+        _log.warning("streamtag: compiling the audio frontend for this machine, once (about 20 s) ...")
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        child = subprocess.run([sys.executable, "-m", "streamtag.frontend_kernel", str(partial)],
+                               capture_output=True, text=True)
+        if child.returncode == 0 and partial.exists():
+            os.replace(partial, path)
+            return
+        partial.unlink(missing_ok=True)
+        lines = (child.stderr or child.stdout).strip().splitlines()
+        failed.write_text(lines[-1] if lines else f"exit status {child.returncode}")
 
 
 @functools.cache
-def _compiled_push_kernel():
-    """``_push_kernel`` compiled (or loaded from numba's cache) for ``_PUSH_SIGNATURE``."""
-    return _push_kernel.compile(_PUSH_SIGNATURE)
-
+def _push_kernel():
+    """The compiled :func:`streamtag.frontend_kernel.push_kernel`: the cached extension module's,
+    built first if need be, or numba's just-in-time one where that build cannot be made."""
+    try:
+        key = _kernel_key()
+        path = kernel_cache_dir() / f"frontend-{key}{_EXTENSION}"
+        failed = kernel_cache_dir() / f"frontend-{key}.failed"
+        tried = not path.exists() and not failed.exists()
+        if tried:
+            _build(path, failed)
+        if path.exists():
+            spec = importlib.util.spec_from_file_location(_KERNEL_MODULE, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.push_kernel
+        why = f"{failed.read_text()} (delete {failed} to try again)"
+    except (OSError, ImportError) as e:  # an unwritable cache, a module that does not load
+        tried = True
+        why = f"{type(e).__name__}: {e}"
+    # said once, when the build fails; later processes find the record and say it only at debug level
+    _log.log(logging.WARNING if tried else logging.DEBUG, "streamtag: running the audio frontend just in time with numba (~120 MB more memory, ~1 s "
+                 "more start-up): its build for this machine failed: %s", why)
+    from streamtag import frontend_kernel
+    return frontend_kernel.compile_just_in_time()
 
 class Frontend:
     """Streaming log-mel + delta frontend for one :class:`FeatureSpec`.
@@ -257,7 +195,7 @@ class Frontend:
         self._ring = self._state[header[_RING]:].view(np.float32).reshape(2 * history, 2, s.n_mels)
         self._slab = np.empty((_SLAB_FRAMES, 2, s.n_mels), dtype=np.float32)
         self._used = 0  # mirror of the kernel's count of the slab's rows handed out
-        self._kernel = _compiled_push_kernel()
+        self._kernel = _push_kernel()
 
     def reset(self) -> None:
         """Forget all audio: the next sample starts a new stream."""

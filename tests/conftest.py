@@ -26,6 +26,15 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def frontend_kernel():
+    """The frontend's kernel, compiled ahead of time before any test runs (about 20 s on
+    first use), so that no test's output carries the one-off build notice."""
+    from streamtag.frontend import _push_kernel
+
+    return _push_kernel()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     need((DATA_DIR / "UrbanSound8K").is_dir() and (DATA_DIR / "ESC-10").is_dir(),

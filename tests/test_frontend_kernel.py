@@ -1,0 +1,76 @@
+"""The frontend's kernel compiled ahead of time: the same frames as numba's just-in-time
+kernel, a process that runs it without numba, and the fall-back where it cannot be built."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from streamtag import frontend
+from streamtag.features import FeatureSpec
+from streamtag.frontend import Frontend
+from streamtag.frontend_kernel import compile_just_in_time
+
+from conftest import need
+
+SPEC = FeatureSpec()
+AUDIO = (np.random.default_rng(3).standard_normal(4 * SPEC.sample_rate) * 0.3).astype(np.float32)
+
+
+def _ahead_of_time() -> bool:
+    return frontend._push_kernel().__module__ == frontend._KERNEL_MODULE
+
+
+def test_compiled_kernel_gives_the_just_in_time_kernels_frames_bit_for_bit():
+    need(_ahead_of_time(), "the frontend's kernel could not be compiled ahead of time here (no C compiler?)")
+    compiled, jitted = Frontend(SPEC, history=41), Frontend(SPEC, history=41)
+    jitted._kernel = compile_just_in_time()
+    assert compiled._kernel is not jitted._kernel
+    sizes = np.random.default_rng(4).integers(1, 3000, size=200)
+    a, b, pos = [], [], 0
+    for n in sizes:
+        a.append(compiled.push(AUDIO[pos:pos + n]))
+        b.append(jitted.push(AUDIO[pos:pos + n]))
+        pos += n
+    a, b = np.concatenate(a), np.concatenate(b)
+    assert len(a) > 100
+    assert a.tobytes() == b.tobytes()
+    assert compiled.window(41).tobytes() == jitted.window(41).tobytes()
+    assert compiled._state.tobytes() == jitted._state.tobytes()
+
+
+def _run_frontend(env: dict) -> subprocess.CompletedProcess:
+    code = ("import sys, numpy as np\nfrom streamtag.frontend import Frontend\n"
+            "x = (np.random.default_rng(3).standard_normal(88200) * 0.3).astype(np.float32)\n"
+            "np.save(sys.stdout.buffer, Frontend().push(x))\n"
+            "print('numba' in sys.modules, 'llvmlite' in sys.modules, file=sys.stderr)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **env})
+
+
+def test_a_process_runs_the_frontend_without_importing_numba():
+    need(_ahead_of_time(), "the frontend's kernel could not be compiled ahead of time here (no C compiler?)")
+    result = _run_frontend({})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().split() == ["False", "False"]  # no build notice either: the module is cached
+
+
+def test_without_a_compiler_it_says_why_once_and_runs_just_in_time(tmp_path):
+    """``CC=false``: the build fails; the frames are still right; the reason is recorded and
+    said once, and later processes go straight to numba's kernel."""
+    env = {"STREAMTAG_CACHE_DIR": str(tmp_path), "CC": "false"}
+    first = _run_frontend(env)
+    assert first.returncode == 0, first.stderr
+    lines = first.stderr.decode().strip().splitlines()
+    assert lines[0].startswith("streamtag: compiling the audio frontend")
+    assert "just in time" in lines[1] and "build for this machine failed" in lines[1] and "compiler" in lines[1]
+    assert lines[2].split() == ["True", "True"]
+    frames = np.load(io.BytesIO(first.stdout))
+    expected = Frontend().push((np.random.default_rng(3).standard_normal(88200) * 0.3).astype(np.float32))
+    assert frames.tobytes() == expected.tobytes()
+    records = list(tmp_path.glob("frontend-*.failed"))
+    assert len(records) == 1 and not list(tmp_path.glob(f"frontend-*{frontend._EXTENSION}"))
+    second = _run_frontend(env)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.decode().split() == ["True", "True"]  # no second build, no second notice
