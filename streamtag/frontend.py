@@ -113,12 +113,14 @@ def _build(path: Path, failed: Path) -> None:
             return
         _log.warning("streamtag: compiling the audio frontend for this machine, once (about 20 s) ...")
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        child = subprocess.run([sys.executable, "-m", "streamtag.frontend_kernel", str(partial)],
-                               capture_output=True, text=True)
-        if child.returncode == 0 and partial.exists():
-            os.replace(partial, path)
-            return
-        partial.unlink(missing_ok=True)
+        try:
+            child = subprocess.run([sys.executable, "-m", "streamtag.frontend_kernel", str(partial)],
+                                   capture_output=True, text=True)
+            if child.returncode == 0:
+                os.replace(partial, path)
+                return
+        finally:  # a failed or interrupted build leaves nothing behind
+            partial.unlink(missing_ok=True)
         lines = (child.stderr or child.stdout).strip().splitlines()
         failed.write_text(lines[-1] if lines else f"exit status {child.returncode}")
 
@@ -144,10 +146,12 @@ def _push_kernel():
         tried = True
         why = f"{type(e).__name__}: {e}"
     # said once, when the build fails; later processes find the record and say it only at debug level
-    _log.log(logging.WARNING if tried else logging.DEBUG, "streamtag: running the audio frontend just in time with numba (~120 MB more memory, ~1 s "
-                 "more start-up): its build for this machine failed: %s", why)
+    _log.log(logging.WARNING if tried else logging.DEBUG,
+             "streamtag: running the audio frontend just in time with numba (~120 MB more memory, ~1 s more "
+             "start-up): its build for this machine failed: %s", why)
     from streamtag import frontend_kernel
     return frontend_kernel.compile_just_in_time()
+
 
 class Frontend:
     """Streaming log-mel + delta frontend for one :class:`FeatureSpec`.
