@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils tmux
+APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils tmux gcc g++
 
 .PHONY: setup system-deps demo test bench
 
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# PortAudio for sounddevice; PulseAudio (a null sink) for the live-capture test; tmux for the dashboard test.
+# PortAudio for sounddevice; PulseAudio (a null sink) for the live-capture test; tmux for the dashboard test;
+# a C and C++ compiler for the frontend kernel's one-off build ahead of time (without them it runs just in time).
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
