@@ -142,13 +142,13 @@ def _push_kernel():
             spec.loader.exec_module(module)
             return module.push_kernel
         why = f"{failed.read_text()} (delete {failed} to try again)"
-    except (OSError, ImportError) as e:  # an unwritable cache, a module that does not load
+    except (OSError, ImportError, RuntimeError) as e:  # an unwritable cache or no home, a module that does not load
         tried = True
         why = f"{type(e).__name__}: {e}"
     # said once, when the build fails; later processes find the record and say it only at debug level
     _log.log(logging.WARNING if tried else logging.DEBUG,
              "streamtag: running the audio frontend just in time with numba (~120 MB more memory, ~1 s more "
-             "start-up): its build for this machine failed: %s", why)
+             "start-up), having no build of it for this machine: %s", why)
     from streamtag import frontend_kernel
     return frontend_kernel.compile_just_in_time()
 

@@ -70,7 +70,7 @@ def test_without_a_compiler_it_says_why_once_and_runs_just_in_time(tmp_path):
     assert first.returncode == 0, first.stderr
     lines = first.stderr.decode().strip().splitlines()
     assert lines[0].startswith("streamtag: compiling the audio frontend")
-    assert "just in time" in lines[1] and "build for this machine failed" in lines[1] and "compiler" in lines[1]
+    assert "just in time" in lines[1] and "no build of it for this machine" in lines[1] and "compiler" in lines[1]
     assert lines[2].split() == ["True", "True"]
     frames = np.load(io.BytesIO(first.stdout))
     expected = Frontend().push((np.random.default_rng(3).standard_normal(88200) * 0.3).astype(np.float32))
@@ -80,3 +80,14 @@ def test_without_a_compiler_it_says_why_once_and_runs_just_in_time(tmp_path):
     second = _run_frontend(env)
     assert second.returncode == 0, second.stderr
     assert second.stderr.decode().split() == ["True", "True"]  # no second build, no second notice
+
+
+def test_an_unwritable_cache_runs_just_in_time_and_says_why():
+    result = _run_frontend({"STREAMTAG_CACHE_DIR": "/proc/streamtag-cannot-be-made"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 2 and "just in time" in lines[0] and "streamtag-cannot-be-made" in lines[0], lines
+    assert lines[1].split() == ["True", "True"]
+    frames = np.load(io.BytesIO(result.stdout))
+    assert frames.tobytes() == Frontend().push((np.random.default_rng(3).standard_normal(88200) * 0.3)
+                                               .astype(np.float32)).tobytes()
