@@ -19,7 +19,8 @@ import numpy as np
 import rocket_fft  # noqa: F401  (registers np.fft inside @njit)
 
 from benchmarks.report import machine, standalone
-from streamtag.spectrum import make_plan, power_spectrum
+from streamtag.spectrum import power_spectrum
+from streamtag.spectrum_plan import make_plan
 
 SIZES = (1024, 2048)
 

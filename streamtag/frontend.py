@@ -130,9 +130,8 @@ def _push_kernel():
     """The compiled :func:`streamtag.frontend_kernel.push_kernel`: the cached extension module's,
     built first if need be, or numba's just-in-time one where that build cannot be made."""
     try:
-        key = _kernel_key()
-        path = kernel_cache_dir() / f"frontend-{key}{_EXTENSION}"
-        failed = kernel_cache_dir() / f"frontend-{key}.failed"
+        key, cache = _kernel_key(), kernel_cache_dir()
+        path, failed = cache / f"frontend-{key}{_EXTENSION}", cache / f"frontend-{key}.failed"
         tried = not path.exists() and not failed.exists()
         if tried:
             _build(path, failed)

@@ -23,7 +23,8 @@ import numpy as np
 from streamtag.features import DELTA_TAPS
 from streamtag.frontend import (_BUFFER, _EMITTED, _END, _HEADER, _HISTORY, _HOP, _INTS, _KERNEL_MODULE, _NFFT,
                                 _NMELS, _NNZ, _RING, _SLOT, _START, _TWIDDLES, _USED)
-from streamtag.spectrum import SpectrumPlan, power_spectrum
+from streamtag.spectrum import power_spectrum
+from streamtag.spectrum_plan import SpectrumPlan
 
 # The one signature push() calls the kernel with, both ways it is compiled. push() makes x a
 # C-contiguous float32 vector and owns the other two arrays, so the types always match; it calls

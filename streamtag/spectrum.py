@@ -5,8 +5,8 @@ transform: about 3 us for 1024 doubles on the 2-core AMD EPYC (Zen 3, AVX2) that
 is tuned on, most of the frontend's per-hop budget. This module computes the same power
 spectrum with code that LLVM's loop vectoriser turns into 4-wide AVX2 arithmetic.
 
-Usage: build a :class:`SpectrumPlan` once with :func:`make_plan` (both from
-:mod:`streamtag.spectrum_plan`, which needs no numba; re-exported here), then call
+Usage: build a :class:`~streamtag.spectrum_plan.SpectrumPlan` once with
+:func:`streamtag.spectrum_plan.make_plan` (numpy alone, so the frontend can build one without numba), then call
 ``power_spectrum(frame, out, plan)`` from Python or from inside another ``@njit`` function.
 Nothing is allocated per call.
 
@@ -42,9 +42,7 @@ from __future__ import annotations
 import numba
 from numba import uint64
 
-from streamtag.spectrum_plan import MAX_N_FFT, MIN_N_FFT, SpectrumPlan, make_plan
-
-__all__ = ["MAX_N_FFT", "MIN_N_FFT", "SpectrumPlan", "make_plan", "power_spectrum"]
+__all__ = ["power_spectrum"]
 
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"})
 _HALF_SQRT2 = 0.7071067811865476

@@ -41,12 +41,14 @@ def test_compiled_kernel_gives_the_just_in_time_kernels_frames_bit_for_bit():
     assert compiled._state.tobytes() == jitted._state.tobytes()
 
 
-def _run_frontend(env: dict) -> subprocess.CompletedProcess:
+def _run_frontend(folder, env: dict) -> tuple[subprocess.CompletedProcess, np.ndarray]:
+    """A child process's frames for ``AUDIO`` (handed over in ``folder``) and its result, under ``env``."""
+    np.save(folder / "audio.npy", AUDIO)
     code = ("import sys, numpy as np\nfrom streamtag.frontend import Frontend\n"
-            "x = (np.random.default_rng(3).standard_normal(88200) * 0.3).astype(np.float32)\n"
-            "np.save(sys.stdout.buffer, Frontend().push(x))\n"
+            f"np.save(sys.stdout.buffer, Frontend().push(np.load({str(folder / 'audio.npy')!r})))\n"
             "print('numba' in sys.modules, 'llvmlite' in sys.modules, file=sys.stderr)")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **env})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env={**os.environ, **env})
+    return result, (np.load(io.BytesIO(result.stdout)) if result.returncode == 0 else None)
 
 
 def test_streamtag_tag_runs_without_importing_numba(tmp_path):
@@ -65,29 +67,26 @@ def test_streamtag_tag_runs_without_importing_numba(tmp_path):
 def test_without_a_compiler_it_says_why_once_and_runs_just_in_time(tmp_path):
     """``CC=false``: the build fails; the frames are still right; the reason is recorded and
     said once, and later processes go straight to numba's kernel."""
-    env = {"STREAMTAG_CACHE_DIR": str(tmp_path), "CC": "false"}
-    first = _run_frontend(env)
+    cache = tmp_path / "cache"
+    env = {"STREAMTAG_CACHE_DIR": str(cache), "CC": "false"}
+    first, frames = _run_frontend(tmp_path, env)
     assert first.returncode == 0, first.stderr
     lines = first.stderr.decode().strip().splitlines()
     assert lines[0].startswith("streamtag: compiling the audio frontend")
     assert "just in time" in lines[1] and "no build of it for this machine" in lines[1] and "compiler" in lines[1]
     assert lines[2].split() == ["True", "True"]
-    frames = np.load(io.BytesIO(first.stdout))
-    expected = Frontend().push((np.random.default_rng(3).standard_normal(88200) * 0.3).astype(np.float32))
-    assert frames.tobytes() == expected.tobytes()
-    records = list(tmp_path.glob("frontend-*.failed"))
-    assert len(records) == 1 and not list(tmp_path.glob(f"frontend-*{frontend._EXTENSION}"))
-    second = _run_frontend(env)
+    assert frames.tobytes() == Frontend().push(AUDIO).tobytes()
+    records = list(cache.glob("frontend-*.failed"))
+    assert len(records) == 1 and not list(cache.glob(f"frontend-*{frontend._EXTENSION}"))
+    second, _ = _run_frontend(tmp_path, env)
     assert second.returncode == 0, second.stderr
     assert second.stderr.decode().split() == ["True", "True"]  # no second build, no second notice
 
 
-def test_an_unwritable_cache_runs_just_in_time_and_says_why():
-    result = _run_frontend({"STREAMTAG_CACHE_DIR": "/proc/streamtag-cannot-be-made"})
+def test_an_unwritable_cache_runs_just_in_time_and_says_why(tmp_path):
+    result, frames = _run_frontend(tmp_path, {"STREAMTAG_CACHE_DIR": "/proc/streamtag-cannot-be-made"})
     assert result.returncode == 0, result.stderr
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 2 and "just in time" in lines[0] and "streamtag-cannot-be-made" in lines[0], lines
     assert lines[1].split() == ["True", "True"]
-    frames = np.load(io.BytesIO(result.stdout))
-    assert frames.tobytes() == Frontend().push((np.random.default_rng(3).standard_normal(88200) * 0.3)
-                                               .astype(np.float32)).tobytes()
+    assert frames.tobytes() == Frontend().push(AUDIO).tobytes()

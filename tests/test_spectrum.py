@@ -6,7 +6,8 @@ import numba
 import numpy as np
 import pytest
 
-from streamtag.spectrum import MAX_N_FFT, MIN_N_FFT, make_plan, power_spectrum
+from streamtag.spectrum import power_spectrum
+from streamtag.spectrum_plan import MAX_N_FFT, MIN_N_FFT, make_plan
 
 SIZES = [2 ** k for k in range(4, 14)]  # every supported size, 16 .. 8192
 KINDS = ("noise", "sinusoid", "bin_sinusoid", "impulse", "zeros", "dc")
