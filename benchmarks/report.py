@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -43,8 +44,47 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def speed_probe() -> dict:
+    """How fast the machine is right now, by three fixed workloads the figures lean on: a Python loop
+    (the interpreter), summing 128 MB (memory bandwidth) and torch's 1500 x 1500 matrix-vector product
+    on one thread (a live window's largest layer).
+
+    A shared machine's speed drifts: the same commit's live p99 measured 7.97 ms one day and 2.51 the
+    next, and this product 243-283 us and 108. Taken just before each part, the probe tells such a
+    phase of the machine from a change of code.
+    """
+    import torch
+
+    def timings(f, repeats: int) -> np.ndarray:
+        seconds = np.empty(repeats)
+        for i in range(repeats):
+            t = time.perf_counter()
+            f()
+            seconds[i] = time.perf_counter() - t
+        return seconds
+
+    def loop() -> int:
+        total = 0
+        for i in range(200_000):
+            total += i
+        return total
+
+    memory = np.ones(2 ** 24)  # 128 MB of float64: four times the largest L3 cache of the machines used
+    weights, x = torch.ones(1500, 1500), torch.ones(1, 1500)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        product = timings(lambda: torch.nn.functional.linear(x, weights), 200)
+    finally:
+        torch.set_num_threads(threads)
+    return {"python_loop_ms": round(timings(loop, 5).min() * 1e3, 2),
+            "memory_gb_s": round(memory.nbytes / timings(memory.sum, 5).min() / 1e9, 1),
+            "product_us": round(float(np.median(product)) * 1e6, 1)}
+
+
 def machine() -> dict:
-    """Where and when a result is measured: CPU, cores, load, memory, versions, commit."""
+    """Where and when a result is measured: CPU, cores, load, memory, how fast the machine runs now
+    (:func:`speed_probe`), versions, commit."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -64,6 +104,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "load": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "memory_gb": memory_gb,
+        "probe": speed_probe(),
         "platform": platform.platform(),
         "versions": versions,
         "commit": commit,
@@ -79,7 +120,10 @@ def describe(m: dict) -> str:
         else "no git commit"
     load = f", load {m['load'][0]:.1f}" if m.get("load") else ""
     memory = f", {m['memory_gb']} GB" if m.get("memory_gb") else ""
-    return (f"{m['date']} on {m['cpu']} ({m['cores']} cores{load}{memory}), {m['platform']}; "
+    p = m.get("probe")  # absent from parts measured before it existed
+    probe = (f"; speed probe: Python loop {p['python_loop_ms']:.1f} ms, memory {p['memory_gb_s']:.0f} GB/s, "
+             f"1500 x 1500 product {p['product_us']:.0f} us") if p else ""
+    return (f"{m['date']} on {m['cpu']} ({m['cores']} cores{load}{memory}{probe}), {m['platform']}; "
             f"Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}, numba {v['numba']}; {commit}")
 
 

@@ -20,9 +20,11 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -108,19 +110,28 @@ def _build(path: Path, failed: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / "build.lock", "w") as lock:
         if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _log.warning("streamtag: waiting for another streamtag process to finish compiling the audio "
+                             "frontend for this machine ...")
+                fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists() or failed.exists():
             return
         _log.warning("streamtag: compiling the audio frontend for this machine, once (about 20 s) ...")
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        # the child's own temporary folder: pycc leaves its build folder there when linking fails, and
+        # numba's compiler check leaves one on every build
+        scratch = tempfile.mkdtemp(prefix="streamtag-build-")
         try:
             child = subprocess.run([sys.executable, "-m", "streamtag.frontend_kernel", str(partial)],
-                                   capture_output=True, text=True)
+                                   capture_output=True, text=True, env={**os.environ, "TMPDIR": scratch})
             if child.returncode == 0:
                 os.replace(partial, path)
                 return
         finally:  # a failed or interrupted build leaves nothing behind
             partial.unlink(missing_ok=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         lines = (child.stderr or child.stdout).strip().splitlines()
         failed.write_text(lines[-1] if lines else f"exit status {child.returncode}")
 

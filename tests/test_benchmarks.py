@@ -46,11 +46,14 @@ def test_every_part_records_its_machine_and_figures(quick):
         assert record["quick"] is True and record["seconds"] > 0
         about = record["machine"]
         assert about["cores"] >= 1 and about["versions"]["torch"] and about["date"]
+        probe = about["probe"]  # how fast the machine ran just before the part
+        assert probe["python_loop_ms"] > 0 and probe["memory_gb_s"] > 0 and probe["product_us"] > 0
         assert record["figures"]
     text = (folder / "results.md").read_text()
     for title in runner.TITLES.values():
         assert f"## {title}" in text
     assert "Targets" in text and "Quick run" in text
+    assert text.count("speed probe: Python loop") >= len(records) - 1  # the GPU part may be an older record
     assert "not measured" not in text  # every target found its figure
     for record in records.values():
         for name in record["plots"]:
@@ -99,6 +102,9 @@ def test_files_and_soak_measure_whole_processes(quick):
     startup = floors["all of the start-up: frontend kernel, model, engine"]
     assert floors["import torch, load the frontend kernel"] * 0.95 <= startup <= soak["peak_mb"] * 1.05
     assert soak["floor_mb"] == floors["import torch, load the frontend kernel"]
+    # the memory at the end, split into the process's own and what it maps from files
+    assert soak["anonymous_mb"] > 50 and soak["file_mb"] > 10
+    assert abs(soak["anonymous_mb"] + soak["file_mb"] - soak["samples"][-1][1]) < 0.05 * soak["samples"][-1][1]
     model = records["model"]["figures"]
     for name in ("script", "int8"):
         for dense in (1500, 5000):
