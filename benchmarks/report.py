@@ -49,9 +49,9 @@ def speed_probe() -> dict:
     (the interpreter), summing 128 MB (memory bandwidth) and torch's 1500 x 1500 matrix-vector product
     on one thread (a live window's largest layer).
 
-    A shared machine's speed drifts: the same commit's live p99 measured 7.97 ms one day and 2.51 the
-    next, and this product 243-283 us and 108. Taken just before each part, the probe tells such a
-    phase of the machine from a change of code.
+    A shared machine's speed drifts: with nothing changed on its path, the live p99 measured 7.97 ms
+    one day and 2.51 the next, and this product 243-283 us and 108. Taken just before each part, the
+    probe tells such a phase of the machine from a change of code.
     """
     import torch
 
