@@ -98,8 +98,8 @@ def write_markdown(folder: Path) -> Path:
     lines = ["# streamtag benchmarks", "",
              f"Made by `python -m benchmarks` (`make bench`); these parts took {total / 60:.0f} minutes together. "
              "Each section says when, on what machine and at which commit its figures were measured, and how "
-             "fast that machine ran just before (a speed probe: a shared machine's speed drifts, by 2-3x between "
-             "days here, so compare figures across sections only where their probes agree). "
+             "fast that machine ran just before (a speed probe: shared machines differ and drift, by 2-3x between "
+             "runs here, so compare figures across sections only where their probes agree). "
              "Module docstrings in `benchmarks/` say exactly what each figure measures.", "",
              markdown(targets_table(records)), ""]
     for part, record in records.items():

@@ -49,9 +49,10 @@ def speed_probe() -> dict:
     (the interpreter), summing 128 MB (memory bandwidth) and torch's 1500 x 1500 matrix-vector product
     on one thread (a live window's largest layer).
 
-    A shared machine's speed drifts: with nothing changed on its path, the live p99 measured 7.97 ms
-    one day and 2.51 the next, and this product 243-283 us and 108. Taken just before each part, the
-    probe tells such a phase of the machine from a change of code.
+    Shared machines differ and drift: with nothing changed on its path, the live p99 measured 7.97 ms
+    on one 2-core virtual machine and 2.51 on another of the same kind hours later, and this product
+    243-283 us and 108. Taken just before each part, the probe tells such a difference of machine from
+    a change of code.
     """
     import torch
 
@@ -108,8 +109,10 @@ def machine() -> dict:
         "platform": platform.platform(),
         "versions": versions,
         "commit": commit,
-        # tracked files changed since that commit: the figures are not exactly the commit's
-        "dirty": None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # tracked files changed since that commit: the figures are not exactly the commit's (the results
+        # the run itself is writing do not count)
+        "dirty": None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                                                       ".", ":(exclude)benchmarks/results")),
     }
 
 

@@ -16,13 +16,13 @@ the model (TorchScript, frozen and optimised for inference): the floors under
 the live path's own memory.
 
 Resident memory counts the pages of shared libraries the process has mapped
-from the page cache, and the kernel counts them by the page cache's folios,
-not by the pages touched: libraries just written by ``pip install`` sit in
-large folios, so the same wheels measured 689 MB for ``import torch`` in a
-fresh environment and 472-495 MB once the page cache had been dropped and
-read back, with the same 274 MB of anonymous memory (the process's own
-allocations and the libraries' writable data). The table splits the memory at
-the end into those two parts.
+from the page cache, and how many count depends on how the files entered the
+page cache, not on streamtag: right after ``pip install`` had written them, the
+same wheels measured 689 MB for ``import torch`` (415 MB of it mapped from
+files); once the page cache had been dropped and the files read back, 472-495
+MB, with the same 274 MB of anonymous memory (the process's own allocations and
+the libraries' writable data) either way. The table splits the memory at the
+end into those two parts.
 
 Memory is flat when, after the first ``WARMUP`` of the audio (allocations that
 happen once), the median of the last quarter of samples exceeds that of the
@@ -132,7 +132,7 @@ def table(result: dict):
     t.add_row("resident memory at the end (MB)", f"{result['end_mb']:.0f}")
     t.add_row("  of which anonymous: the process's allocations, the libraries' writable data (MB)",
               f"{result['anonymous_mb']:.0f}")
-    t.add_row("  of which mapped from files: shared libraries, counted by the page cache's folios (MB)",
+    t.add_row("  of which mapped from files: shared libraries, as many pages as the page cache maps (MB)",
               f"{result['file_mb']:.0f}")
     t.add_row("peak resident memory, start-up included (MB)", f"{result['peak_mb']:.0f}")
     for name, mb in result["floors_mb"].items():
