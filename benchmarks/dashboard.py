@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from benchmarks.report import standalone, summarize
+from benchmarks.report import standalone, summarize, timings
 from benchmarks.workload import SPEC, LoopedSource, model_file, scene
 from streamtag.dashboard import HISTORY_FRAMES, REFRESH_PER_SECOND, Dashboard, EventLog, Setup, show
 from streamtag.engine import Engine
@@ -60,12 +59,7 @@ def render_times(model, frames: int) -> dict:
     for width, height in SIZES:
         console = _null_console(width, height)
         console.print(board)  # warm: styles, palette
-        times = []
-        for _ in range(frames):
-            t = time.perf_counter()
-            console.print(board)
-            times.append(time.perf_counter() - t)
-        out[f"{width}x{height}"] = summarize(times)
+        out[f"{width}x{height}"] = summarize(timings(lambda: console.print(board), frames))
     return out
 
 

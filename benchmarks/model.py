@@ -31,7 +31,7 @@ import torch
 from streamtag.features import FeatureSpec
 from streamtag.model import PiczakCNN
 from streamtag.modelfile import load_model, save_model
-from benchmarks.report import standalone
+from benchmarks.report import standalone, timings
 
 THREADS = 1  # the live engine's setting: the other core captures audio and runs the frontend
 BATCH = 64
@@ -40,21 +40,11 @@ FRAMES = 41
 SPEC = FeatureSpec()
 
 
-def _best_of(fn, repeats: int) -> float:
-    """Minimum wall time of ``fn()`` over ``repeats`` runs: the least disturbed figure on a shared machine."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def _per_window_ms(fn, x: torch.Tensor, calls: int, repeats: int) -> float:
     with torch.inference_mode():
         for _ in range(3):  # warm-up: TorchScript's profiling executor specialises on early calls
             fn(x)
-        return _best_of(lambda: [fn(x) for _ in range(calls)], repeats) / (calls * x.shape[0]) * 1e3
+        return timings(lambda: [fn(x) for _ in range(calls)], repeats).min() / (calls * x.shape[0]) * 1e3
 
 
 def _warm_and_after_gap_ms(fn, x: torch.Tensor, calls: int) -> tuple[float, float]:
@@ -115,7 +105,7 @@ def run(quick: bool = False) -> dict:
                 torch.set_num_threads(2)
                 result[f"script_b1_2threads_ms_{dense}"] = _per_window_ms(models["script"].module, x1, calls1, repeats)
                 torch.set_num_threads(THREADS)
-                predict_s = _best_of(lambda: [models["script"].predict(x1.numpy()) for _ in range(calls1)], repeats)
+                predict_s = timings(lambda: [models["script"].predict(x1.numpy()) for _ in range(calls1)], repeats).min()
                 result[f"predict_b1_ms_{dense}"] = predict_s / calls1 * 1e3
 
                 exact = models["script"].predict(check)

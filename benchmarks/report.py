@@ -44,6 +44,17 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def timings(fn, repeats: int) -> np.ndarray:
+    """Wall seconds of each of ``repeats`` calls of ``fn()``: their minimum is the least disturbed
+    figure on a shared machine, their distribution the latency."""
+    seconds = np.empty(repeats)
+    for i in range(repeats):
+        t = time.perf_counter()
+        fn()
+        seconds[i] = time.perf_counter() - t
+    return seconds
+
+
 def speed_probe() -> dict:
     """How fast the machine is right now, by three fixed workloads the figures lean on: a Python loop
     (the interpreter), summing 128 MB (memory bandwidth) and torch's 1500 x 1500 matrix-vector product
@@ -55,14 +66,6 @@ def speed_probe() -> dict:
     a change of code.
     """
     import torch
-
-    def timings(f, repeats: int) -> np.ndarray:
-        seconds = np.empty(repeats)
-        for i in range(repeats):
-            t = time.perf_counter()
-            f()
-            seconds[i] = time.perf_counter() - t
-        return seconds
 
     def loop() -> int:
         total = 0
