@@ -71,6 +71,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(args)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from streamtag.doctor import report, run_checks
+
+    lines, status = report(run_checks())
+    print("\n".join(lines))
+    return status
+
+
 def _add_live_options(p: argparse.ArgumentParser) -> None:
     """The options ``live`` and ``demo`` share."""
     p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
@@ -213,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write (default: benchmarks/results, or runs/bench-quick "
                                                 "with --quick)")
     p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("doctor", help="check that every compiled dependency loads and works here",
+                       description="Load torch with torchaudio, soxr, libsndfile, PortAudio, numba and the frontend's "
+                                   "compiled kernel, and make each do a little work. A failure is one line naming "
+                                   "the packages and the fix; exit status 1 if a required one fails (PortAudio, "
+                                   "needed only for live capture, is a note).")
+    p.set_defaults(run=_cmd_doctor)
 
     p = sub.add_parser("devices", help="list the audio input devices --mic can use",
                        description="List audio input devices: index, name, host API, channels, default rate.")

@@ -163,6 +163,11 @@ def _push_kernel():
     return frontend_kernel.compile_just_in_time()
 
 
+def kernel_is_compiled() -> bool:
+    """Whether this process runs the kernel compiled ahead of time, rather than numba's just-in-time one."""
+    return getattr(_push_kernel(), "__module__", None) == _KERNEL_MODULE
+
+
 class Frontend:
     """Streaming log-mel + delta frontend for one :class:`FeatureSpec`.
 

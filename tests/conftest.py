@@ -26,6 +26,17 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_sessionstart(session):
+    """A drifted environment (a compiled dependency that does not load beside the others) stops the run at once
+    with `streamtag doctor`'s one line and its fix, instead of failing deep inside a benchmark's test."""
+    from streamtag.doctor import report, run_checks
+
+    lines, status = report(run_checks())
+    if status:
+        failed = "\n".join(line for line in lines if line.startswith("FAIL"))
+        pytest.exit(f"the environment has drifted from requirements.lock:\n{failed}", returncode=3)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def frontend_kernel():
     """The frontend's kernel, compiled ahead of time before any test runs (about 20 s on

@@ -1,7 +1,7 @@
 """The official protocols: cross-validation over the folds that are present.
 
 Each present fold is the test fold once; the model trains on the other present
-folds (UrbanSound8K with folds 1 and 2 only: train on one, test on the other).
+folds (a partial UrbanSound8K copy with folds 1 and 2: train on one, test on the other).
 With early stopping, validation clips are held out of the training folds by
 source recording (``Clip.group``), so no segment, and no clip cut from the same
 recording, sits on both sides. Every fold's network is seeded from ``seed`` and
