@@ -10,7 +10,7 @@ import soundfile as sf
 
 from streamtag.modelfile import DEFAULT_MODEL, load_model
 from streamtag.scene import synthesize_scene
-from tests.conftest import US8K_CLASSES
+from conftest import US8K_CLASSES  # not tests.conftest: dcase_util installs a package named tests
 
 
 def run(*args, timeout=300):
