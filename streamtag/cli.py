@@ -79,6 +79,18 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return status
 
 
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """How scores become events; each defaults to the model file's own (tuned on its validation scenes)."""
+    p.add_argument("--hysteresis", type=float, metavar="P",
+                   help="an event ends when its score falls below threshold - P (default: the model's, else 0.1)")
+    p.add_argument("--smooth", type=float, metavar="SECONDS",
+                   help="filter each class's score over this long (default: the model's, else 0.3)")
+    p.add_argument("--filter", choices=["mean", "median"],
+                   help="the smoothing filter (default: the model's, else mean)")
+    p.add_argument("--min-duration", type=float, metavar="SECONDS",
+                   help="drop events shorter than this (default: the model's, per class, else 0.25)")
+
+
 def _add_live_options(p: argparse.ArgumentParser) -> None:
     """The options ``live`` and ``demo`` share."""
     p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
@@ -88,12 +100,7 @@ def _add_live_options(p: argparse.ArgumentParser) -> None:
                         "(default: the model's)")
     p.add_argument("--hop", type=int, metavar="FRAMES",
                    help="frames between windows (1 frame = 23 ms; default: the model's)")
-    p.add_argument("--hysteresis", type=float, default=0.1, metavar="P",
-                   help="an event ends when its score falls below threshold - P (default 0.1)")
-    p.add_argument("--smooth", type=float, default=0.3, metavar="SECONDS",
-                   help="moving average of each class's score over this long (default 0.3)")
-    p.add_argument("--min-duration", type=float, default=0.25, metavar="SECONDS",
-                   help="drop events shorter than this (default 0.25)")
+    _add_decoding_options(p)
     p.add_argument("--duration", "--seconds", dest="duration", type=float, metavar="SECONDS",
                    help="stop after this many seconds of audio (default: until the input ends or Ctrl-C)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the network (default 1)")
@@ -164,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", metavar="HZ", help="sample rate of --raw input")
     p.add_argument("--channels", metavar="N", help="channels of --raw input (default 1)")
     p.add_argument("--sample-type", default="s16", metavar="TYPE", help="s16, s32 or f32 for --raw input (default s16)")
-    p.add_argument("-f", "--format", choices=["jsonl", "csv", "audacity", "text"],
-                   help="output format (default: text on a terminal, else from the -o suffix, else jsonl)")
+    p.add_argument("-f", "--format", choices=["jsonl", "csv", "dcase", "audacity", "text"],
+                   help="output format: dcase is the DCASE annotation TSV that sed_eval reads (default: text on a "
+                        "terminal, else from the -o suffix: .jsonl, .csv, .tsv, .txt for audacity; else jsonl)")
     p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of standard output")
     p.add_argument("--frames", action="store_true", help="also write every window's class scores (JSON Lines)")
     p.add_argument("--clip", action="store_true",
@@ -174,12 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=int, metavar="FRAMES",
                    help="frames between windows (1 frame = 23 ms; default: the model's)")
     p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
-    p.add_argument("--hysteresis", type=float, default=0.1, metavar="P",
-                   help="an event ends when its score falls below threshold - P (default 0.1)")
-    p.add_argument("--smooth", type=float, default=0.3, metavar="SECONDS",
-                   help="moving average of each class's score over this long (default 0.3)")
-    p.add_argument("--min-duration", type=float, default=0.25, metavar="SECONDS",
-                   help="drop events shorter than this (default 0.25)")
+    _add_decoding_options(p)
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this much of each input")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the network (default: torch's, one per core, for files and standard "

@@ -37,7 +37,7 @@ import soxr
 
 from streamtag.audio import check_finite, to_mono
 from streamtag.errors import NonFiniteAudioError, StreamtagError
-from streamtag.events import Event, EventTracker, Smoother
+from streamtag.events import Decoding, Event, EventTracker, Smoother
 from streamtag.frontend import Frontend
 from streamtag.ringbuffer import RingBuffer
 from streamtag.scorer import WindowScorer
@@ -143,9 +143,12 @@ class Engine:
     ``model`` is a :class:`~streamtag.modelfile.TaggerModel` (or anything with
     its ``classes``, ``spec``, ``window_frames``, ``hop_frames``,
     ``thresholds`` and ``predict``). ``hop_frames`` defaults to the model's;
-    ``thresholds`` (one value or one per class) to the model's. A class's
-    event ends when its smoothed score drops below ``threshold - hysteresis``.
-    ``smooth`` and ``min_duration`` are in seconds; ``ring_seconds`` is how much
+    ``thresholds`` (one value or one per class) to the model's; the decoding
+    settings (``smooth``, ``hysteresis``, ``min_duration``, ``filter``, ``max_gap``: see
+    :class:`~streamtag.events.Decoding`) to those the model file carries (tuned
+    on its validation scenes), else Decoding's defaults. A class's event ends
+    when its smoothed score drops below ``threshold - hysteresis``.
+    ``smooth`` and ``min_duration`` (one value or one per class) are in seconds; ``ring_seconds`` is how much
     audio a live source may get ahead of the engine before the oldest is dropped;
     ``read_seconds`` is the most audio taken from the ring at once: a read takes
     only what has already arrived, so a large value adds no latency live, while
@@ -154,9 +157,10 @@ class Engine:
     run ~1.6x faster per window than at 4 s; live, a read is at most half the ring).
     """
 
-    def __init__(self, model, *, hop_frames: int | None = None, thresholds=None, smooth: float = 0.3,
-                 hysteresis: float = 0.1, min_duration: float = 0.25, ring_seconds: float = 10.0,
-                 read_seconds: float = 16.0, history_frames: int = 101):
+    def __init__(self, model, *, hop_frames: int | None = None, thresholds=None, smooth: float | None = None,
+                 hysteresis: float | None = None, min_duration=None, filter: str | None = None,
+                 max_gap: float | None = None,
+                 ring_seconds: float = 10.0, read_seconds: float = 16.0, history_frames: int = 101):
         self.model = model
         # a TaggerModel's scorer computes each frame's first layer once; anything with predict(windows) works too
         self._scorer = model.scorer() if hasattr(model, "scorer") else WindowScorer(model)
@@ -170,12 +174,19 @@ class Engine:
         on = np.broadcast_to(on, (len(self.classes),))
         if not ((on >= 0) & (on <= 1)).all():
             raise StreamtagError("thresholds must lie in [0, 1]")
-        if not 0 <= hysteresis <= 1 or smooth < 0 or min_duration < 0:
-            raise StreamtagError("hysteresis must lie in [0, 1]; smoothing and minimum duration must be >= 0")
+        decoding = getattr(model, "decoding", None) or Decoding()
+        try:
+            asked = {k: v for k, v in dict(filter=filter, smooth=smooth, hysteresis=hysteresis,
+                                           min_duration=min_duration, max_gap=max_gap).items() if v is not None}
+            self.decoding = dataclasses.replace(decoding, **asked)
+            min_durations = self.decoding.min_durations(len(self.classes))
+        except ValueError as exc:
+            raise StreamtagError(str(exc)) from None
         self.hop_seconds = self.spec.seconds(self.hop_frames)
-        self.smooth_windows = max(1, round(smooth / self.hop_seconds))
-        self.tracker = EventTracker(self.classes, on, np.maximum(on - hysteresis, 0.0), min_duration)
-        self.smoother = Smoother(len(self.classes), self.smooth_windows)
+        self.smooth_windows = max(1, round(self.decoding.smooth / self.hop_seconds))
+        self.tracker = EventTracker(self.classes, on, np.maximum(on - self.decoding.hysteresis, 0.0), min_durations,
+                                    self.decoding.max_gap)
+        self.smoother = Smoother(len(self.classes), self.smooth_windows, self.decoding.filter)
         self.frontend = Frontend(self.spec, history=1)
         self.frontend.push(np.zeros(self.spec.n_fft, dtype=np.float32))  # load the compiled kernel (~0.8 s) now,
         # not in the first live window, where it would be the end-to-end latency's p99 for minutes; reset below

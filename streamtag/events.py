@@ -2,10 +2,11 @@
 
 Two steps, each per class and each causal, so they run as the scores arrive:
 
-1. :class:`Smoother` averages the last ``k`` windows' probabilities. A moving
-   average lags: its value describes the middle of the windows it averages,
-   so that is the time it is attributed to. Event times stay exact instead of
-   drifting late by the smoothing.
+1. :class:`Smoother` takes the mean or the median of the last ``k`` windows'
+   probabilities. Either lags: its value describes the middle of the windows
+   it covers, so that is the time it is attributed to. Event times stay exact
+   instead of drifting late by the smoothing. A median keeps an onset sharp
+   where a mean ramps, and ignores a lone outlier window.
 2. :class:`EventTracker` turns smoothed scores into events: a class turns on
    when its score reaches its threshold and off when it falls below the
    threshold minus the hysteresis (so a score hovering at the threshold does
@@ -13,6 +14,9 @@ Two steps, each per class and each causal, so they run as the scores arrive:
 
 Times are whatever the caller attributes each score to; the engine gives
 seconds of the input, computed from sample positions.
+
+:class:`Decoding` holds these steps' settings; a model file carries the ones
+tuned on its validation scenes, and the engine uses them unless told otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +24,58 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+FILTERS = ("mean", "median")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How window scores become events: the filter (``"mean"`` or ``"median"``) over
+    ``smooth`` seconds of windows, the ``hysteresis`` below a class's threshold at which
+    its event ends, the shortest event kept, in seconds (one value, or one per class), and
+    the longest gap below threshold an event bridges."""
+
+    filter: str = "mean"
+    smooth: float = 0.3
+    hysteresis: float = 0.1
+    min_duration: float | tuple[float, ...] = 0.25
+    max_gap: float = 0.0  # seconds below threshold that an event bridges
+
+    def __post_init__(self):
+        if self.filter not in FILTERS:
+            raise ValueError(f"filter must be one of {', '.join(FILTERS)}, got {self.filter!r}")
+        if not (isinstance(self.smooth, (int, float)) and 0 <= self.smooth <= 60):
+            raise ValueError(f"smoothing must lie in 0-60 s, got {self.smooth!r}")
+        if not (isinstance(self.hysteresis, (int, float)) and 0 <= self.hysteresis <= 1):
+            raise ValueError(f"hysteresis must lie in [0, 1], got {self.hysteresis!r}")
+        if not (isinstance(self.max_gap, (int, float)) and 0 <= self.max_gap <= 60):
+            raise ValueError(f"the gap an event bridges must lie in 0-60 s, got {self.max_gap!r}")
+        durations = np.atleast_1d(np.asarray(self.min_duration, dtype=np.float64))
+        if durations.ndim != 1 or not len(durations) or not (np.isfinite(durations) & (durations >= 0)).all():
+            raise ValueError(f"minimum durations must be seconds >= 0, got {self.min_duration!r}")
+        if not isinstance(self.min_duration, (int, float)):
+            object.__setattr__(self, "min_duration", tuple(float(d) for d in durations))
+
+    def min_durations(self, n_classes: int) -> np.ndarray:
+        """``(n_classes,)`` minimum durations."""
+        durations = np.atleast_1d(np.asarray(self.min_duration, dtype=np.float64))
+        if len(durations) not in (1, n_classes):
+            raise ValueError(f"need 1 or {n_classes} minimum durations, got {len(durations)}")
+        return np.broadcast_to(durations, (n_classes,)).copy()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"min_duration": self.min_duration if isinstance(self.min_duration, float)
+                                           else list(self.min_duration)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Decoding":
+        if not isinstance(d, dict) or set(d) - {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError(f"decoding must be a dict of {', '.join(f.name for f in dataclasses.fields(cls))}")
+        d = dict(d)
+        if isinstance(d.get("min_duration"), list):
+            d["min_duration"] = tuple(d["min_duration"])
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +98,22 @@ class Event:
 
 
 class Smoother:
-    """Moving average of the last ``k`` score vectors, and the time it describes.
+    """Moving mean (or median) of the last ``k`` score vectors, and the time it describes.
 
     :meth:`push` takes consecutive windows' scores and the times of their
-    centres, and returns each window's average over it and the ``k - 1`` before
-    it, with the mean centre of the windows averaged. At a stream start fewer
-    than ``k`` windows are averaged. Each average is summed afresh, oldest
+    centres, and returns each window's mean (median) over it and the ``k - 1``
+    before it, with the mean centre of those windows. At a stream start fewer
+    than ``k`` windows are taken. Each value is computed afresh, oldest
     first, so it is the same to the bit however the windows are split into
     calls (a file read in large blocks and the same audio live agree exactly).
     """
 
-    def __init__(self, n_classes: int, k: int = 1):
+    def __init__(self, n_classes: int, k: int = 1, kind: str = "mean"):
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"smoothing length must be a positive int, got {k!r}")
-        self.n_classes, self.k = n_classes, int(k)
+        if kind not in FILTERS:
+            raise ValueError(f"filter must be one of {', '.join(FILTERS)}, got {kind!r}")
+        self.n_classes, self.k, self.kind = n_classes, int(k), kind
         self.reset()
 
     def reset(self) -> None:
@@ -76,13 +134,20 @@ class Smoother:
             total += stacked[lag:lag + n]
             time_total += times[lag:lag + n]
         count = np.minimum(self._seen + 1 + np.arange(n), self.k)
+        if self.kind == "median" and self.k > 1:
+            before = self.k - 1 - min(self._seen, self.k - 1)  # placeholder rows before the stream's start
+            valid = np.where(np.arange(len(stacked))[:, None] >= before, stacked, np.nan)
+            smoothed = np.nanmedian(sliding_window_view(valid, self.k, axis=0)[:n], axis=-1)
+        else:
+            smoothed = total / count[:, None]
         self._scores, self._centres = stacked[n:], times[n:]
         self._seen += n
-        return (total / count[:, None]).astype(np.float32), time_total / count
+        return smoothed.astype(np.float32), time_total / count
 
 
 class EventTracker:
-    """Per-class on/off state with hysteresis and a minimum duration.
+    """Per-class on/off state with hysteresis, a minimum duration (one, or one per class)
+    and a gap an event may bridge.
 
     :meth:`update` takes the smoothed scores of consecutive spans
     ``[start, end)`` and returns what changed as ``(span, kind, event)`` with
@@ -91,18 +156,26 @@ class EventTracker:
     candidate opens as an event once it has lasted ``min_duration`` and closes
     at the end of its last span at or above ``off``. A candidate that falls
     below ``off`` before lasting ``min_duration`` is dropped without a trace.
+    With ``max_gap`` > 0, an event whose score falls below ``off`` and reaches
+    ``on`` again within ``max_gap`` seconds goes on as one event (a dog that
+    barks three times in one recording is one event, as annotators mark it);
+    its close is then reported ``max_gap`` later, when the gap has lasted.
     """
 
-    def __init__(self, classes: list[str], on: np.ndarray, off: np.ndarray, min_duration: float = 0.0):
+    def __init__(self, classes: list[str], on: np.ndarray, off: np.ndarray, min_duration=0.0, max_gap: float = 0.0):
         self.classes = list(classes)
         n = len(self.classes)
         self.on = np.broadcast_to(np.asarray(on, dtype=np.float64), (n,)).copy()
         self.off = np.broadcast_to(np.asarray(off, dtype=np.float64), (n,)).copy()
         if (self.off > self.on).any():
             raise ValueError("off thresholds must not exceed on thresholds")
-        if min_duration < 0:
-            raise ValueError(f"min_duration must be >= 0, got {min_duration}")
-        self.min_duration = float(min_duration)
+        durations = np.asarray(min_duration, dtype=np.float64)
+        if durations.ndim > 1 or durations.size not in (1, n) or not (durations >= 0).all():
+            raise ValueError(f"min_duration must be one value or one per class, each >= 0, got {min_duration}")
+        self.min_duration = np.broadcast_to(durations, (n,)).copy()  # per class
+        if not max_gap >= 0:
+            raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+        self.max_gap = float(max_gap)
         self.reset()
 
     def reset(self) -> None:
@@ -112,6 +185,7 @@ class EventTracker:
         self._onset = np.zeros(n)
         self._offset = np.zeros(n)
         self._peak = np.zeros(n)
+        self._gap = np.zeros(n, dtype=bool)  # live, but below off since its offset: it may yet resume
 
     def update(self, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray) -> list[tuple[int, str, Event]]:
         """Take ``scores`` ``(n, C)`` of the spans ``[starts[i], ends[i])``, in time
@@ -130,6 +204,20 @@ class EventTracker:
         changes = []
         i, n = 0, len(s)
         while i < n:
+            if self._gap[c]:  # in a gap: resumes if the score reaches `on` within max_gap, else ends at the offset
+                above = np.flatnonzero(s[i:] >= self.on[c])
+                if len(above) and starts[i + int(above[0])] - self._offset[c] <= self.max_gap:
+                    self._gap[c] = False
+                    i += int(above[0])  # the same event goes on from here
+                else:
+                    beyond = i + int(np.searchsorted(starts[i:] - self._offset[c], self.max_gap, side="right"))
+                    if beyond >= n:
+                        break  # the gap outlasts these spans: undecided until the next ones
+                    if self._open[c]:
+                        changes.append((beyond, "close", self._event(c, closed=True)))
+                    self._live[c] = self._open[c] = self._gap[c] = False
+                    i = beyond
+                    continue
             if not self._live[c]:
                 above = np.flatnonzero(s[i:] >= self.on[c])
                 if not len(above):
@@ -141,7 +229,7 @@ class EventTracker:
             stop = i + int(below[0]) if len(below) else n  # the run is spans i .. stop - 1
             if stop > i:
                 if not self._open[c]:
-                    lasted = i + int(np.searchsorted(ends[i:stop] - self._onset[c], self.min_duration))
+                    lasted = i + int(np.searchsorted(ends[i:stop] - self._onset[c], self.min_duration[c]))
                     if lasted < stop:  # it opens at span `lasted`, with what it knew then
                         self._open[c] = True
                         self._offset[c] = ends[lasted]
@@ -151,15 +239,18 @@ class EventTracker:
                 self._peak[c] = max(self._peak[c], s[i:stop].max())
             if stop == n:
                 break
-            if self._open[c]:
-                changes.append((stop, "close", self._event(c, closed=True)))
-            self._live[c] = self._open[c] = False
+            if self.max_gap > 0:  # the event ends only if the gap lasts
+                self._gap[c] = True
+            else:
+                if self._open[c]:
+                    changes.append((stop, "close", self._event(c, closed=True)))
+                self._live[c] = self._open[c] = False
             i = stop + 1
         return changes
 
     def close_all(self) -> list[tuple[str, Event]]:
         """End of stream (or of a stretch of it): close open events at their
-        last span; drop candidates that never lasted long enough."""
+        last span above ``off``; drop candidates that never lasted long enough."""
         changes = [("close", self._event(c, closed=True)) for c in np.flatnonzero(self._open)]
         self.reset()
         return changes

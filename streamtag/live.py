@@ -78,7 +78,8 @@ def compute_device(device: str) -> str:
 
 
 def run_live(source: Source, model, console: Console | None, *, hop: int | None = None, thresholds=None,
-             smooth: float = 0.3, hysteresis: float = 0.1, min_duration: float = 0.25, jsonl: str | None = None,
+             smooth: float | None = None, hysteresis: float | None = None, min_duration: float | None = None,
+             filter: str | None = None, jsonl: str | None = None,
              max_seconds: float | None = None) -> int:
     """Tag ``source`` live with ``model`` and return the exit code: the
     dashboard on ``console``, or with ``console=None`` events as JSON Lines on
@@ -87,7 +88,7 @@ def run_live(source: Source, model, console: Console | None, *, hop: int | None 
     if max_seconds is not None and not max_seconds > 0:
         raise StreamtagError(f"--duration must be positive, got {max_seconds:g}")
     engine = Engine(model, hop_frames=hop, thresholds=thresholds, smooth=smooth, hysteresis=hysteresis,
-                    min_duration=min_duration, history_frames=HISTORY_FRAMES)
+                    min_duration=min_duration, filter=filter, history_frames=HISTORY_FRAMES)
     err = Console(stderr=True)
     with contextlib.ExitStack() as files:
         sinks = []
@@ -142,7 +143,8 @@ def _run(args: argparse.Namespace, source: Source) -> int:
         model = load_model(args.model, int8=args.int8)
     return run_live(source, model, console, hop=args.hop,
                     thresholds=parse_thresholds(args.threshold, model.classes, model.thresholds),
-                    smooth=args.smooth, hysteresis=args.hysteresis, min_duration=args.min_duration, jsonl=args.jsonl,
+                    smooth=args.smooth, hysteresis=args.hysteresis, min_duration=args.min_duration,
+                    filter=args.filter, jsonl=args.jsonl,
                     max_seconds=args.duration)
 
 

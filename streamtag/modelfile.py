@@ -16,7 +16,8 @@ travels inside, as the extra file ``streamtag.json``::
       "thresholds": [0.5, ...],       # per-class decision thresholds
       "architecture": {...},          # PiczakCNN.config()
       "quantized": false,             # dense layers in int8 (CPU only)
-      "provenance": {...}             # dataset, folds, epochs, metrics, versions, date
+      "provenance": {...},            # dataset, folds, epochs, metrics, versions, date
+      "decoding": {...}               # optional: Decoding.to_dict(), tuned on validation scenes
     }
 
 The normalisation statistics are the network's ``feature_mean`` and
@@ -44,6 +45,7 @@ from torch import nn
 
 import streamtag
 from streamtag.errors import ModelError, ModelFileError, ModelNotFoundError, SpecError
+from streamtag.events import Decoding
 from streamtag.features import FeatureSpec
 from streamtag.model import CONV1_FRAMES, HEADS, POOL1_COLUMNS, PiczakCNN, quantize_dense
 from streamtag.scorer import WindowScorer
@@ -96,9 +98,11 @@ def _scripted(net: PiczakCNN, quantize: bool) -> torch.jit.ScriptModule:
 
 
 def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frames: int, hop_frames: int,
-               thresholds=None, provenance: dict | None = None, quantize: bool = False) -> Path:
+               thresholds=None, provenance: dict | None = None, quantize: bool = False,
+               decoding: Decoding | None = None) -> Path:
     """Write ``net`` (in eval mode; the caller's module is left untouched) and its
     metadata to one file. ``quantize`` stores the dense layers in int8 (CPU only).
+    ``decoding``: how the engine turns this model's scores into events by default.
     ``provenance`` gets ``streamtag_version``, ``torch_version`` and ``saved_at``
     added when missing."""
     if not isinstance(net, PiczakCNN):
@@ -135,6 +139,12 @@ def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frame
         "quantized": bool(quantize),
         "provenance": provenance,
     }
+    if decoding is not None:
+        try:
+            decoding.min_durations(len(classes))
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+        metadata["decoding"] = decoding.to_dict()
     try:
         text = json.dumps(metadata, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -171,6 +181,7 @@ class TaggerModel:
         self.thresholds = np.asarray(metadata["thresholds"], dtype=np.float32)
         self.head: str = metadata["head"]
         self.provenance: dict = metadata["provenance"]
+        self.decoding = Decoding.from_dict(metadata["decoding"]) if "decoding" in metadata else None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -421,6 +432,11 @@ def _check_metadata(meta, path: Path) -> None:
         raise ModelFileError(f"{path}: bad metadata: {exc}") from None
     need(meta["architecture"].get("n_mels") == spec.n_mels, "architecture and spec disagree on n_mels")
     _check_thresholds(meta["thresholds"], len(classes), lambda m: ModelFileError(f"{path}: bad metadata: {m}"))
+    if "decoding" in meta:
+        try:
+            Decoding.from_dict(meta["decoding"]).min_durations(len(classes))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: bad metadata: decoding: {exc}") from None
 
 
 def _check_thresholds(values, n: int, error) -> np.ndarray:

@@ -59,6 +59,10 @@ def render_info(model: TaggerModel, path: Path) -> Group:
     mean, std = model.normalization()
     table.add_row("normalisation", f"log-mel mean {_range(mean[0], ' dB')}, std {_range(std[0], ' dB')}; "
                                    f"delta mean {_range(mean[1])}, std {_range(std[1])}")
+    decoding = model.decoding
+    table.add_row("decoding", "the engine's defaults (none in the file)" if decoding is None else
+                  f"{decoding.filter} filter over {decoding.smooth:g} s, hysteresis {decoding.hysteresis:g}, "
+                  "minimum durations per class (tuned on validation scenes)")
     table.add_row("device", model.device)
     for key, value in _flatten(model.provenance):
         table.add_row(key, value)
@@ -67,6 +71,9 @@ def render_info(model: TaggerModel, path: Path) -> Group:
     classes.add_column("#", justify="right", style="dim")
     classes.add_column("class")
     classes.add_column("threshold", justify="right")
+    durations = decoding.min_durations(len(model.classes)) if decoding is not None else None
+    if durations is not None:
+        classes.add_column("min duration", justify="right")
     for i, (name, threshold) in enumerate(zip(model.classes, model.thresholds)):
-        classes.add_row(str(i), name, f"{threshold:.3f}")
+        classes.add_row(str(i), name, f"{threshold:.3f}", *([f"{durations[i]:g} s"] if durations is not None else []))
     return Group(table, classes)

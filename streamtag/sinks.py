@@ -1,4 +1,4 @@
-"""Where results go: JSON Lines, CSV, an Audacity label track, or a live list.
+"""Where results go: JSON Lines, CSV, DCASE annotations, an Audacity label track, or a live list.
 
 A sink turns the engine's plain objects into one output format. It is told
 when a new input begins, receives windows and event changes as the engine
@@ -114,6 +114,23 @@ class CsvSink(Sink):
         top = " ".join(c for c, _ in top_labels(self.classes, scores, self.top)) if windows else ""
         values = [f"{s:.6f}" for s in scores] if windows else [""] * len(self.classes)
         self._row(["source", "windows", "top", *self.classes], [self.source, windows, top, *values])
+
+
+class DcaseSink(Sink):
+    """Events as DCASE annotations, the TSV that sed_eval, sed_scores_eval and the DCASE
+    challenge tools read: a header, then ``filename<TAB>onset<TAB>offset<TAB>event_label``
+    per event, the filename without its folder (as reference annotations name files)."""
+
+    def __init__(self, stream: TextIO, classes: list[str]):
+        super().__init__(classes)
+        self.stream = stream
+        self.stream.write("filename\tonset\toffset\tevent_label\n")
+        self.stream.flush()
+
+    def event(self, kind: str, event: Event) -> None:
+        if kind == "close":
+            self.stream.write(f"{Path(self.source).name}\t{event.onset:.6f}\t{event.offset:.6f}\t{event.label}\n")
+            self.stream.flush()
 
 
 class AudacitySink(Sink):

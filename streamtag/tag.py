@@ -25,11 +25,11 @@ from rich.table import Table
 
 from streamtag.engine import Engine, Summary
 from streamtag.errors import StreamtagError
-from streamtag.sinks import AudacitySink, CsvSink, JsonLinesSink, Sink, TextSink
+from streamtag.sinks import AudacitySink, CsvSink, DcaseSink, JsonLinesSink, Sink, TextSink
 from streamtag.sources import FileSource, MicrophoneSource, RawSource, Source, WavStreamSource, list_devices
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "audacity"}
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "dcase", ".txt": "audacity"}
 
 
 def _int_option(value: str | None, name: str) -> int | None:
@@ -98,6 +98,8 @@ def _check_format(fmt: str, args: argparse.Namespace, n_inputs: int) -> None:
         raise StreamtagError("--frames writes JSON Lines; use --format jsonl")
     if args.frames and args.clip:
         raise StreamtagError("--frames and --clip exclude each other")
+    if fmt == "dcase" and args.clip:
+        raise StreamtagError("DCASE annotations hold events; --clip writes clip scores (use jsonl or csv)")
     if fmt == "audacity" and (args.clip or n_inputs > 1):
         raise StreamtagError("an Audacity label track holds the events of one input; no --clip, one input")
 
@@ -107,6 +109,8 @@ def _make_sink(fmt: str, stream, classes: list[str], args: argparse.Namespace, n
         return JsonLinesSink(stream, classes, frames=args.frames, top=args.top)
     if fmt == "csv":
         return CsvSink(stream, classes, top=args.top)
+    if fmt == "dcase":
+        return DcaseSink(stream, classes)
     if fmt == "audacity":
         return AudacitySink(stream, classes)
     return TextSink(Console(file=stream) if args.output else Console(), classes, top=args.top,
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or 1)
     model = load_model(args.model, int8=args.int8)
     engine = Engine(model, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
-                    hysteresis=args.hysteresis, min_duration=args.min_duration)
+                    hysteresis=args.hysteresis, min_duration=args.min_duration, filter=args.filter)
     try:
         stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     except OSError as exc:

@@ -101,15 +101,17 @@ def test_smoothing_one_window_is_the_identity():
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 6), cuts=st.lists(st.integers(1, 12), min_size=1, max_size=30))
-def test_windows_split_any_way_give_the_same_smoothing_and_events_to_the_bit(seed, k, cuts):
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 6), cuts=st.lists(st.integers(1, 12), min_size=1, max_size=30),
+       kind=st.sampled_from(["mean", "median"]), gap=st.sampled_from([0.0, 0.5, 1.2]))
+def test_windows_split_any_way_give_the_same_smoothing_and_events_to_the_bit(seed, k, cuts, kind, gap):
     """The engine hands over as many windows as a read completes: a file in large
     reads and the same audio live must smooth and track identically."""
     rng = np.random.default_rng(seed)
     n = 60
     scores = rng.random((n, 3)) ** rng.uniform(0.3, 3.0, size=3)  # some classes mostly on, some mostly off
     centres = 0.5 + np.arange(n) * 0.37
-    made = lambda: (Smoother(3, k), EventTracker(["a", "b", "c"], [0.5, 0.6, 0.7], [0.3, 0.5, 0.7], min_duration=0.8))
+    made = lambda: (Smoother(3, k, kind), EventTracker(["a", "b", "c"], [0.5, 0.6, 0.7], [0.3, 0.5, 0.7],
+                                                        min_duration=[0.8, 0.0, 0.4], max_gap=gap))
     whole_smoother, whole_tracker = made()
     whole, whole_centres = whole_smoother.push(scores, centres)
     whole_changes = whole_tracker.update(whole_centres - 0.2, whole_centres + 0.2, whole)
@@ -134,3 +136,21 @@ def test_bad_settings():
         EventTracker(["a"], on=[0.5], off=[0.4], min_duration=-1)
     with pytest.raises(ValueError):
         Smoother(2, k=0)
+    with pytest.raises(ValueError):
+        EventTracker(["a"], on=[0.5], off=[0.4], max_gap=-0.1)
+
+
+def test_an_event_bridges_a_gap_shorter_than_max_gap_and_closes_when_the_gap_lasts():
+    # spans of 0.1 s: on for 1 s, off for 0.3 s, on for 1 s, then off
+    scores = np.array([0.9] * 10 + [0.1] * 3 + [0.9] * 10 + [0.1] * 20)[:, None]
+    starts = np.arange(len(scores)) * 0.1
+    bridged = EventTracker(["dog"], [0.5], [0.5], max_gap=0.5)
+    changes = bridged.update(starts, starts + 0.1, scores)
+    assert [(i, kind) for i, kind, _ in changes] == [(0, "open"), (29, "close")]  # decided once the gap passed 0.5 s
+    assert (changes[1][2].onset, changes[1][2].offset) == (0.0, pytest.approx(2.3))
+    split = EventTracker(["dog"], [0.5], [0.5], max_gap=0.2)
+    events = [e for _, kind, e in split.update(starts, starts + 0.1, scores) if kind == "close"]
+    assert [(e.onset, round(e.offset, 6)) for e in events] == [(0.0, 1.0), (pytest.approx(1.3), 2.3)]
+    pending = EventTracker(["dog"], [0.5], [0.5], max_gap=5.0)
+    assert [kind for _, kind, _ in pending.update(starts, starts + 0.1, scores)] == ["open"]  # gap still undecided
+    assert [(kind, round(e.offset, 6)) for kind, e in pending.close_all()] == [("close", 2.3)]

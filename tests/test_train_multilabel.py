@@ -15,16 +15,16 @@ from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
 from streamtag.modelfile import load_model
 from test_train_data import make_us8k
-from train.augment import Augment, change_speed
-from train.cache import clip_features, load_features
-from train.datasets import read_us8k
-from train.loop import Recipe
-from train.multilabel import ExampleSource, Overlays, clip_set, render, study
-from train.multilabel_metrics import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
+from train.data.augment import Augment, change_speed
+from train.data.cache import clip_features, load_features
+from train.data.datasets import read_us8k
+from train.fit.loop import Recipe
+from train.fit.multilabel import ExampleSource, Overlays, clip_set, render, study
+from train.evaluate.multilabel import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
                                       set_scores, tune_thresholds)
-from train.multilabel_report import compare_studies, write_study
-from train.overlay import Overlay, mix
-from train.segments import SILENCE_DB, window_starts
+from train.reports.multilabel import compare_studies, write_study
+from train.data.overlay import Overlay, mix
+from train.data.segments import SILENCE_DB, window_starts
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""train/overlay.py: planning and mixing two-event overlays, and writing them to disk.
+"""train/data/overlay.py: planning and mixing two-event overlays, and writing them to disk.
 
 Levels are measured on the output audio, by fitting each source's tone in it;
 a written dataset is checked against its CSV by rebuilding every mix from the
@@ -20,8 +20,8 @@ from streamtag.audio import load_audio
 from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
 from test_train_data import SR, make_us8k
-from train.datasets import Clip, read_us8k
-from train.overlay import PEAK, Overlay, frame_activity, mix, parse_levels, plan_overlays, write_overlays
+from train.data.datasets import Clip, read_us8k
+from train.data.overlay import PEAK, Overlay, frame_activity, mix, parse_levels, plan_overlays, write_overlays
 
 REPO = Path(__file__).resolve().parents[1]
 

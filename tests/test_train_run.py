@@ -13,11 +13,11 @@ import pytest
 from streamtag.features import FeatureSpec
 from streamtag.modelfile import load_model
 from test_train_data import make_esc50, make_us8k
-from train.augment import Augment
-from train.cache import load_features
-from train.crossval import cross_validate
-from train.datasets import read_us8k
-from train.loop import Recipe
+from train.data.augment import Augment
+from train.data.cache import load_features
+from train.fit.crossval import cross_validate
+from train.data.datasets import read_us8k
+from train.fit.loop import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,18 @@
 """Training and evaluation of streamtag's Piczak CNN on UrbanSound8K and ESC-10/50.
 
-Run as ``python -m train --help``. Modules, in the order data flows through them:
-:mod:`train.datasets` (layout readers), :mod:`train.cache` (features computed
-once per dataset and FeatureSpec), :mod:`train.sources` (what the training loop
-draws batches from, with :mod:`train.augment`), :mod:`train.loop` (plain
-PyTorch training), :mod:`train.evaluate` (clip decisions by voting),
-:mod:`train.crossval` (the official fold protocols) and :mod:`train.report`
-(tables and plots). The ``streamtag`` package never imports this one.
+Run as ``python -m train --help``. The layout follows the stages data flows through:
+
+* :mod:`train.data`: dataset readers (``datasets``), the feature cache (``cache``),
+  windows (``segments``), batch sources and augmentation (``sources``, ``augment``),
+  two-clip overlays (``overlay``) and soundscapes with strong labels (``scenes``);
+* :mod:`train.fit`: plain PyTorch training (``loop``), the official fold protocols
+  (``crossval``), multilabel training on overlays (``multilabel``) and strong-label
+  training on scenes (``strong``);
+* :mod:`train.evaluate`: clip decisions by voting (``clips``), multilabel metrics
+  (``multilabel``), sound event detection with sed_eval and sed_scores_eval (``detection``);
+* :mod:`train.reports`: tables and plots of runs, studies and detection results;
+* :mod:`train.commands`: the command lines of the later stages (``__main__`` holds cv,
+  features and compare).
+
+The ``streamtag`` package never imports this one.
 """

@@ -77,16 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="multilabel studies: also plot every seed's scores to this PNG")
     p.set_defaults(run=_cmd_compare)
 
-    from train.multilabel_cli import add_commands  # overlay, multilabel
+    from train.commands import multilabel as multilabel_cli, scenes as scenes_cli
 
-    add_commands(sub, _common)
+    multilabel_cli.add_commands(sub, _common)  # overlay, multilabel
+    scenes_cli.add_commands(sub, _common)  # scenes, strong, detect, score
     return parser
 
 
 def _load(args):
     from streamtag.features import FeatureSpec
-    from train.cache import load_features
-    from train.datasets import read_dataset
+    from train.data.cache import load_features
+    from train.data.datasets import read_dataset
 
     dataset = read_dataset(args.dataset, args.data)
     return load_features(dataset, FeatureSpec(), args.cache, quiet=getattr(args, "quiet", False))
@@ -99,8 +100,8 @@ def _cmd_features(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from train.multilabel_report import compare_studies, plot_studies
-    from train.report import compare
+    from train.reports.multilabel import compare_studies, plot_studies
+    from train.reports.runs import compare
 
     if all(run.suffix == ".json" and run.is_file() for run in args.runs):  # multilabel studies
         try:
@@ -127,8 +128,8 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_cv(args) -> int:
-    from train.augment import Augment
-    from train.datasets import read_dataset
+    from train.data.augment import Augment
+    from train.data.datasets import read_dataset
 
     try:
         augment = Augment.parse(args.augment)
@@ -140,10 +141,10 @@ def _cmd_cv(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from train.crossval import cross_validate, fit
-    from train.loop import Recipe
-    from train.report import write_run
-    from train.segments import WINDOWS
+    from train.fit.crossval import cross_validate, fit
+    from train.fit.loop import Recipe
+    from train.reports.runs import write_run
+    from train.data.segments import WINDOWS
 
     sgd = args.optimizer == "sgd"
     recipe = Recipe(optimizer=args.optimizer, lr=args.lr or (0.01 if sgd else 1e-3),

@@ -2,8 +2,8 @@
 
 The network is the same :class:`~streamtag.model.PiczakCNN` with its sigmoid
 head, trained with binary cross-entropy (``loss_fn("multilabel")`` of
-:mod:`train.loop`) on examples rendered afresh every epoch: overlays planned
-from the training clips (:mod:`train.overlay`) and single clips. Every example
+:mod:`train.fit.loop`) on examples rendered afresh every epoch: overlays planned
+from the training clips (:mod:`train.data.overlay`) and single clips. Every example
 goes through :func:`streamtag.frontend.compute_features` as audio, mixes
 included (features are never mixed), so training sees exactly what the live
 frontend emits for such a sound. A window's targets are the events that
@@ -19,7 +19,7 @@ the last epoch's weights are kept (or, with ``keep="best"``, the best epoch's),
 and per-class thresholds are tuned on them.
 
 A clip's scores are the mean of its windows' probabilities (probability
-voting, as in :mod:`train.evaluate`).
+voting, as in :mod:`train.evaluate.clips`).
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ import numpy as np
 import torch
 
 from streamtag.errors import DatasetError
-from train.augment import Augment, change_speed
-from train.cache import DatasetFeatures, clip_features
-from train.crossval import fit, make_net, normalization, split_validation
-from train.evaluate import predict
-from train.loop import Recipe, train
-from train.multilabel_metrics import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
+from train.data.augment import Augment, change_speed
+from train.data.cache import DatasetFeatures, clip_features
+from train.fit.crossval import fit, make_net, normalization, split_validation
+from train.evaluate.clips import predict
+from train.fit.loop import Recipe, train
+from train.evaluate.multilabel import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
                                       set_scores, tune_thresholds)
-from train.overlay import Overlay, frame_activity, mix, plan_overlays
-from train.segments import SILENCE_DB, WINDOWS, Segments, gather, window_starts
+from train.data.overlay import Overlay, frame_activity, mix, plan_overlays
+from train.data.segments import SILENCE_DB, WINDOWS, Segments, gather, window_starts
 
 MIN_ACTIVE = 4  # frames (0.09 s) an event must sound in a window to be one of the window's targets
 SETS = {"single": None, "equal": (0.0, 0.0), "minus20": (20.0, 20.0)}  # evaluation sets: name -> level difference
@@ -195,7 +195,7 @@ def evaluate(net, sets: list[ClipSet], thresholds, device: str = "cpu") -> dict:
 
 
 def _split_mixes(sets: list[ClipSet], clips: list[np.ndarray], scores: dict) -> None:
-    """Add :func:`~train.multilabel_metrics.mixes_by_alone` to the ``scores`` of each
+    """Add :func:`~train.evaluate.multilabel.mixes_by_alone` to the ``scores`` of each
     set of mixes whose clips all play alone in the ``single`` set."""
     single = next((k for k, s in enumerate(sets) if s.name == "single"), None)
     if single is None:

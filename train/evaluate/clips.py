@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from train.segments import Segments, gather
+from train.data.segments import Segments, gather
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ normalisation, and one event 20 dB under the other, alternating which. Here one
 planner (:func:`plan_overlays`) and one mixing function (:func:`mix`) serve both
 ways of using them: writing an overlay dataset to disk (:func:`write_overlays`:
 audio plus a CSV in the UrbanSound8K style) and mixing afresh every epoch while
-training (:mod:`train.multilabel`).
+training (:mod:`train.fit.multilabel`).
 
 Pairs never cross folds, so the official fold protocol stays intact: a test
 fold's mixes are made of that fold's clips only. Nor do they pair two slices of
@@ -33,7 +33,7 @@ from rich.progress import track
 
 from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
-from train.datasets import Clip, Dataset
+from train.data.datasets import Clip, Dataset
 
 PEAK = 0.5  # each event's peak at 0 dB level: -6 dBFS, so that two of them never clip
 ACTIVE_DB = 40.0  # an event is present in a frame whose energy is within this of its loudest frame's

@@ -28,7 +28,7 @@ from rich.progress import track
 
 from streamtag.features import FeatureSpec
 from streamtag.frontend import compute_features
-from train.datasets import Dataset
+from train.data.datasets import Dataset
 
 MIN_FRAMES = 101  # the long window: every clip yields at least one window of any length used
 

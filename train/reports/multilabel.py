@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from train.report import _pyplot
+from train.reports.runs import _pyplot
 
 STUDY_BOTH_CORRECT = 0.14  # the study's share of equal-level mixes with both labels correct
 TARGET_BOTH_CORRECT = 0.50  # issue 5's target for the same score
 INITS = ("single-label", "scratch", "pretrained")
 SET_NAMES = {"single": "single clips", "equal": "equal-level mixes", "minus20": "mixes 20 dB apart"}
 SET_COLUMNS = ("all", "one", "exact", "extra")
-_SPLIT = ("alone_right", "all_if_alone_right", "all_otherwise")  # train.multilabel_metrics.mixes_by_alone
+_SPLIT = ("alone_right", "all_if_alone_right", "all_otherwise")  # train.evaluate.multilabel.mixes_by_alone
 
 
 def _pct(x) -> str:
@@ -292,7 +292,7 @@ class _Row:
 def _rows(paths) -> tuple[list[_Row], list[str] | None]:
     """The rows of a comparison, and the class names the reports give (or None)."""
     from streamtag.modelinfo import parameter_count
-    from train.segments import WINDOWS
+    from train.data.segments import WINDOWS
 
     recipes, classes = _gather(paths)
     varying = sorted({name for recipe in recipes for name, value in recipe if name not in _OWN_COLUMNS

@@ -91,8 +91,8 @@ def _command() -> str:
 def _cmd_overlay(args) -> int:
     from rich.console import Console
 
-    from train.datasets import read_dataset
-    from train.overlay import parse_levels, write_overlays
+    from train.data.datasets import read_dataset
+    from train.data.overlay import parse_levels, write_overlays
 
     if args.per_fold < 1:
         _fail(f"--per-fold must be at least 1, got {args.per_fold}")
@@ -139,9 +139,9 @@ def _check(args) -> None:
 
 
 def _cmd_multilabel(args) -> int:
-    from train.augment import Augment
-    from train.datasets import read_dataset
-    from train.overlay import parse_levels
+    from train.data.augment import Augment
+    from train.data.datasets import read_dataset
+    from train.data.overlay import parse_levels
 
     _check(args)
     try:
@@ -156,9 +156,9 @@ def _cmd_multilabel(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from streamtag.features import FeatureSpec
-    from train.cache import load_features
-    from train.loop import Recipe
-    from train.multilabel import Overlays
+    from train.data.cache import load_features
+    from train.fit.loop import Recipe
+    from train.fit.multilabel import Overlays
 
     sgd = args.optimizer == "sgd"
     recipe = Recipe(optimizer=args.optimizer, lr=args.lr or (0.01 if sgd else 1e-3),
@@ -211,8 +211,8 @@ def _cmd_multilabel(args) -> int:
 
 def _study(args, feats, recipe, overlays, augment, inits, folds, device, recipe_text, data_text, on_epoch,
            console) -> None:
-    from train.multilabel import study
-    from train.multilabel_report import write_study
+    from train.fit.multilabel import study
+    from train.reports.multilabel import write_study
 
     dataset = feats.dataset
     info = {"title": f"Multilabel tagging of two-event overlays: {dataset.name}, folds {' <-> '.join(map(str, folds))}"
@@ -254,8 +254,8 @@ def _train_and_export(args, feats, recipe, overlays, augment, init, device, reci
     import numpy as np
 
     from streamtag.modelfile import save_model
-    from train.multilabel import train_multilabel
-    from train.segments import WINDOWS
+    from train.fit.multilabel import train_multilabel
+    from train.data.segments import WINDOWS
 
     dataset = feats.dataset
     if init == "scratch":

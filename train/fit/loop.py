@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.augment import spec_augment
-from train.evaluate import predict, scores
+from train.data.augment import spec_augment
+from train.evaluate.clips import predict, scores
 
 
 @dataclasses.dataclass

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from streamtag.model import PiczakCNN
-from train.augment import Augment
-from train.cache import DatasetFeatures
-from train.evaluate import predict, scores
-from train.loop import Recipe, train
-from train.segments import SILENCE_DB, WINDOWS, segments_of
-from train.sources import AudioSource, SegmentSource
+from train.data.augment import Augment
+from train.data.cache import DatasetFeatures
+from train.evaluate.clips import predict, scores
+from train.fit.loop import Recipe, train
+from train.data.segments import SILENCE_DB, WINDOWS, segments_of
+from train.data.sources import AudioSource, SegmentSource
 
 
 def split_validation(feats: DatasetFeatures, clip_ids: np.ndarray, fraction: float,

@@ -16,9 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
-from train.augment import Augment, add_background, between_class_mix, change_speed
-from train.cache import DatasetFeatures, clip_features
-from train.segments import SILENCE_DB, gather, segments_of, window_starts
+from train.data.augment import Augment, add_background, between_class_mix, change_speed
+from train.data.cache import DatasetFeatures, clip_features
+from train.data.segments import SILENCE_DB, gather, segments_of, window_starts
 
 Batch = tuple[np.ndarray, np.ndarray]
 

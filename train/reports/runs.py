@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.evaluate import confusion
+from train.evaluate.clips import confusion
 
 METRICS = ("segment", "prob", "majority")
 COLUMNS = ("seed", "fold", "n_train", "n_test", "epochs", "seconds", "segment", "prob", "majority")

@@ -1,0 +1,234 @@
+"""Soundscapes, strong-label targets and training, DCASE metrics and the decoding a model file carries,
+on tiny datasets of tones written here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamtag.errors import DatasetError
+from streamtag.events import Decoding, Event, Smoother
+from streamtag.features import FeatureSpec
+from test_train_data import SR, make_us8k
+from train.data.cache import load_features
+from train.data.datasets import read_us8k
+from train.data.scenes import (Annotation, SceneRecipe, annotations, loudness, plan_scenes, read_tsv, render, write_scenes,
+                          write_tsv)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    return make_us8k(tmp_path_factory.mktemp("us8k"), folds=(1, 2), per_fold=12, missing=0)
+
+
+def _plans(d, fold, seed, n=5):
+    ids = [i for i, c in enumerate(d.clips) if c.fold == fold]
+    return plan_scenes(d.clips, ids, n, np.random.default_rng(seed), SceneRecipe(), SR,
+                       lambda i: len(d.load(d.clips[i], SR)))
+
+
+def test_scenes_keep_folds_apart_and_repeat_from_their_seed(tones):
+    d = read_us8k(tones)
+    for fold in (1, 2):
+        plans = _plans(d, fold, seed=3)
+        assert all(d.clips[e.clip].fold == fold for p in plans for e in p.events)
+        assert all(p.fold == fold for p in plans)
+    assert _plans(d, 1, seed=3) == _plans(d, 1, seed=3)
+    assert _plans(d, 1, seed=3) != _plans(d, 1, seed=4)
+    with pytest.raises(DatasetError, match="one fold"):
+        plan_scenes(d.clips, range(len(d.clips)), 1, np.random.default_rng(0), SceneRecipe(), SR, lambda i: SR)
+    counts = [len(p.events) for p in _plans(d, 1, seed=0, n=60)]
+    assert min(counts) >= 1 and max(counts) <= 9 and len(set(counts)) > 4  # 1-9 events, uniform
+
+
+def test_each_annotated_event_sounds_where_annotated_at_the_snr_asked(tones):
+    d = read_us8k(tones)
+    recipe = SceneRecipe()
+    for plan in _plans(d, 2, seed=1):
+        scene = render(plan, lambda i: d.load(d.clips[i], SR), d.labels, SR, recipe)
+        np.testing.assert_allclose(scene.background + scene.tracks.sum(axis=0), scene.audio, atol=1e-6)
+        assert np.abs(scene.audio).max() <= 0.99 + 1e-6
+        assert abs(loudness(scene.background, SR) - (recipe.background_lufs + 20 * np.log10(scene.gain))) < 0.01
+        for track, (start, stop), event in zip(scene.tracks, scene.spans, plan.events):
+            energy = np.square(track, dtype=np.float64)
+            assert energy[start:stop].sum() > 0 and not energy[:start].any() and not energy[stop:].any()
+            # the SNR is measured on the output: the event's loudness over the background's
+            snr = loudness(track[start:stop], SR) - loudness(scene.background, SR)
+            assert abs(snr - event.snr_db) < 0.05
+        labels = {(a.onset, a.offset, a.label) for a in annotations(scene, d.classes, SR)}
+        assert labels == {(s / SR, e / SR, d.classes[d.labels[ev.clip]])
+                          for (s, e), ev in zip(scene.spans, plan.events)}
+
+
+def test_written_scenes_hold_dcase_annotations_of_their_audio(tones, tmp_path):
+    d = read_us8k(tones)
+    meta = write_scenes(d, tmp_path / "scenes", per_fold=3, seed=2, folds=[2], quiet=True)
+    reference = read_tsv(meta / "fold2.tsv")
+    assert len(reference) == 3 and all(reference.values())
+    for name, events in reference.items():
+        audio, rate = sf.read(tmp_path / "scenes" / "audio" / "fold2" / name)
+        assert rate == SR and len(audio) == 10 * SR
+        assert all(0 <= a.onset < a.offset <= 10 for a in events)
+    again = write_scenes(d, tmp_path / "again", per_fold=3, seed=2, folds=[2], quiet=True)
+    assert (again / "fold2.tsv").read_text() == (meta / "fold2.tsv").read_text()
+    assert json.loads((meta / "scenes.json").read_text())["recipe"]["events"] == [1, 9]
+    with pytest.raises(DatasetError, match="not an empty folder"):
+        write_scenes(d, tmp_path / "scenes", per_fold=1, folds=[2], quiet=True)
+
+
+def test_window_targets_follow_the_annotations():
+    from train.data.scenes import Soundscape
+    from train.fit.strong import window_targets
+
+    spec = FeatureSpec()
+    hop, n_fft = spec.hop_length, spec.n_fft
+    # one event of class 1 over samples [10 hops, 20 hops); windows of 5 frames, centre at first + (4 hop + n_fft) / 2
+    scene = Soundscape(np.zeros(1), np.zeros(1), np.zeros((1, 1)), [1], [(10 * hop, 20 * hop)], 1.0)
+    starts = np.arange(0, 30)
+    t = window_targets(scene, starts, 5, 2, hop, n_fft, 3)
+    centre = starts * hop + (4 * hop + n_fft) / 2
+    expected = (10 * hop < centre + hop) & (20 * hop > centre - hop)
+    np.testing.assert_array_equal(t[:, 1], expected)
+    assert expected.any() and not expected.all() and not t[:, [0, 2]].any()
+
+
+HAND_REF = {"a.wav": [Annotation(1.0, 3.0, "dog")], "b.wav": [Annotation(2.0, 4.0, "siren")]}
+HAND_EST = {"a.wav": [Event("dog", 0, 1.1, 3.1, 0.9), Event("siren", 1, 5.0, 6.0, 0.8)], "b.wav": []}
+
+
+def test_metrics_match_a_hand_made_case():
+    from train.evaluate.detection import score
+
+    m = score(HAND_REF, HAND_EST, ["dog", "siren"])
+    # segments of 1 s: dog true in [1,2) [2,3) of a; estimated in [1,2) [2,3) [3,4); siren in [5,6) of a, missed in b
+    # TP 2, FP 2, FN 2: F1 = 4 / (4 + 2 + 2) = 0.5; ER = (S + D + I) / N over segments = (2 + 0 + 0) ... computed below
+    assert m["segment_precision"] == pytest.approx(0.5) and m["segment_recall"] == pytest.approx(0.5)
+    assert m["segment_f1"] == pytest.approx(0.5)
+    # per segment: a[3,4) insertion, a[5,6) insertion, b[2,3) and b[3,4) deletions: ER = 4 / 4 = 1.0
+    assert m["segment_er"] == pytest.approx(1.0)
+    # events: dog matched (onset 0.1 s off, offset 0.1 s off), siren in a inserted, siren in b deleted
+    assert m["event_f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1)) and m["event_er"] == pytest.approx(1.0)
+    assert m["classes"]["dog"]["event_f1"] == pytest.approx(1.0) and m["classes"]["siren"]["event_f1"] == 0.0
+
+
+def test_score_command_agrees_with_sed_eval(tmp_path):
+    from train.evaluate.detection import score
+
+    write_tsv(tmp_path / "ref.tsv", [(n, a) for n, v in HAND_REF.items() for a in v])
+    est = tmp_path / "est.tsv"
+    est.write_text("filename\tonset\toffset\tevent_label\n" + "".join(
+        f"{n}\t{e.onset}\t{e.offset}\t{e.label}\n" for n, v in HAND_EST.items() for e in v))
+    done = subprocess.run([sys.executable, "-m", "train", "score", str(tmp_path / "ref.tsv"), str(est), "-o",
+                           str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = score(HAND_REF, HAND_EST, ["dog", "siren"])
+    assert (f"segment F1 {expected['segment_f1']:.3f} ER {expected['segment_er']:.3f}; event F1 "
+            f"{expected['event_f1']:.3f} ER {expected['event_er']:.3f}") in done.stdout
+    assert json.loads((tmp_path / "report.json").read_text())["streamtag"]["segment_f1"] == expected["segment_f1"]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("file,onset\n")
+    done = subprocess.run([sys.executable, "-m", "train", "score", str(bad), str(est)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "not a DCASE annotation file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_median_smoothing_is_the_same_however_the_windows_are_split():
+    rng = np.random.default_rng(0)
+    scores, centres = rng.random((40, 3)), np.arange(40) * 0.1
+    whole = Smoother(3, 5, "median").push(scores, centres)
+    parts = Smoother(3, 5, "median")
+    split = [parts.push(scores[a:b], centres[a:b]) for a, b in ((0, 1), (1, 7), (7, 8), (8, 40))]
+    np.testing.assert_array_equal(np.concatenate([s for s, _ in split]), whole[0])
+    np.testing.assert_array_equal(whole[0][10], np.median(scores[6:11], axis=0).astype(np.float32))
+    np.testing.assert_array_equal(whole[0][1], np.median(scores[:2], axis=0).astype(np.float32))
+
+
+def test_decoding_round_trips_through_the_model_file_and_drives_the_engine(random_model_file, tmp_path):
+    from streamtag.engine import Engine
+    from streamtag.modelfile import load_model, read_metadata, save_model
+    from streamtag.model import PiczakCNN
+
+    model = load_model(random_model_file, device="cpu")
+    assert model.decoding is None
+    decoding = Decoding("median", 0.6, 0.05, tuple(0.1 * k for k in range(10)))
+    net = PiczakCNN(10, dense=64)
+    path = save_model(tmp_path / "tuned.pt", net, classes=model.classes, spec=model.spec, window_frames=41,
+                      hop_frames=4, decoding=decoding)
+    loaded = load_model(path, device="cpu")
+    assert loaded.decoding == decoding and read_metadata(path)["decoding"]["filter"] == "median"
+    engine = Engine(loaded)
+    assert engine.smoother.kind == "median" and engine.smooth_windows == round(0.6 / engine.hop_seconds)
+    np.testing.assert_allclose(engine.tracker.min_duration, decoding.min_duration)
+    np.testing.assert_allclose(engine.tracker.on - engine.tracker.off, np.minimum(0.05, engine.tracker.on))
+    overridden = Engine(loaded, smooth=0.3, filter="mean", min_duration=0.2)
+    assert overridden.smoother.kind == "mean" and (overridden.tracker.min_duration == 0.2).all()
+    with pytest.raises(ValueError, match="minimum durations"):
+        Decoding(min_duration=(-1.0,))
+
+
+def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tones, tmp_path):
+    import torch
+
+    from streamtag.modelfile import load_model
+    from train.data.augment import Augment
+    from train.fit.loop import Recipe
+    from train.fit.strong import Scenes, export_tuned, train_strong
+
+    torch.set_num_threads(1)
+    feats = load_features(read_us8k(tones), FeatureSpec(), tmp_path / "cache", quiet=True)
+    scenes = Scenes(per_epoch=6, val_scenes=3, recipe=SceneRecipe(duration=4.0, events=(1, 3)))
+    trained = train_strong(feats, np.arange(len(feats.dataset.clips)), "short", Recipe(epochs=2, dense=32),
+                           scenes, Augment(shift=True), seed=0, val_fraction=0.3)
+    assert [r["stage"] for r in trained.history] == ["scenes", "scenes"]
+    assert all(0 <= r["val_map"] <= 1 for r in trained.history)
+    path = tmp_path / "strong.pt"
+    metrics = export_tuned(trained, path, feats, "short", 4, {"dataset": "tones"})
+    model = load_model(path, device="cpu")
+    assert model.decoding is not None and len(model.decoding.min_durations(len(model.classes))) == 3
+    assert model.provenance["val_detection"]["segment_f1"] == metrics["segment_f1"]
+    name, audio, rate = trained.val_scenes[0]
+    sf.write(tmp_path / name, audio, rate)
+    done = subprocess.run([sys.executable, "-m", "streamtag", "tag", "--model", str(path), "-f", "dcase",
+                           str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("filename\tonset\toffset\tevent_label\n")
+    (tmp_path / "est.tsv").write_text(done.stdout)
+    assert set(read_tsv(tmp_path / "est.tsv")) <= {name}
+
+
+def test_ambient_backgrounds_come_from_the_folds_asked(tones, tmp_path):
+    from test_train_data import make_esc50
+    from train.data.datasets import read_dataset
+
+    d = read_us8k(tones)
+    esc = read_dataset("esc10", make_esc50(tmp_path / "esc"))
+    recipe = SceneRecipe(duration=4.0, events=(1, 2), background="ambient")
+    meta = write_scenes(d, tmp_path / "scenes", per_fold=2, recipe=recipe, folds=[1], backgrounds=esc,
+                        background_folds=[2], quiet=True)
+    assert len(read_tsv(meta / "fold1.tsv")) == 2
+    from train.data.scenes import ambient_backgrounds
+    ids = ambient_backgrounds(esc, [2])
+    assert ids and all(esc.clips[i].fold == 2 and esc.classes[esc.clips[i].label] == "sea_waves"
+                       for group in ids for i in group)
+    with pytest.raises(DatasetError, match="no ambient background clips"):
+        ambient_backgrounds(esc, [9])
+    with pytest.raises(DatasetError, match="needs --backgrounds"):
+        write_scenes(d, tmp_path / "none", per_fold=1, recipe=recipe, folds=[1], quiet=True)
+    # a background of ESC clips played one after another: the scene's background is ESC audio, set to -50 LUFS
+    pool = list(d.clips) + list(esc.clips)
+    offset = len(d.clips)
+    ids1 = [i for i, c in enumerate(d.clips) if c.fold == 1]
+    plan = plan_scenes(pool, ids1, 1, np.random.default_rng(0), recipe, SR, lambda i: 2 * SR,
+                       [[offset + i for i in group] for group in ids])[0]
+    assert plan.background and all(j >= offset for j in plan.background)
+    scene = render(plan, lambda i: np.resize(esc.load(esc.clips[i - offset], SR), 2 * SR) if i >= offset
+                   else d.load(d.clips[i], SR), [c.label for c in pool], SR, recipe)
+    assert abs(loudness(scene.background, SR) - (-50.0 + 20 * np.log10(scene.gain))) < 0.05

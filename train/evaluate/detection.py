@@ -1,0 +1,241 @@
+"""Sound event detection measured as the field measures it, and decoding tuned for it.
+
+* :func:`tag_scenes` runs recordings through :class:`streamtag.engine.Engine`,
+  the very path ``streamtag tag`` takes, keeping each file's events, the
+  moment each event opened (the end of the window that opened it: when a live
+  listener would have been told) and the smoothed window scores.
+* :func:`score` computes the DCASE metrics with the field's own tools:
+  ``sed_eval``'s segment-based F1 and error rate on 1-s segments and its
+  event-based F1 and error rate (onsets within 200 ms, offsets within 200 ms
+  or 20 % of the event's length), micro-averaged and per class; and, from
+  scores rather than decisions, ``sed_scores_eval``'s PSDS (the DCASE 2021-2023
+  first scenario: intersection criteria 0.7, no cross-trigger cost, variance
+  weight 1, up to 100 false positives an hour).
+* :func:`delays`: how long after a reference onset the live event opened.
+* :func:`tune_decoding` picks, on validation scenes, the smoothing filter, the
+  per-class thresholds (best segment F1, with ``sed_scores_eval``), the gap an
+  event bridges and the per-class minimum durations (best event F1, with
+  ``sed_eval``) that a model file then carries (:class:`streamtag.events.Decoding`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from streamtag.events import Decoding, Event
+from train.data.scenes import Annotation
+
+SEGMENT = 1.0  # seconds: the segment-based metrics' resolution
+COLLAR = 0.2  # seconds: the event-based metrics' onset and offset collar
+OFFSET_SHARE = 0.2  # ... or this share of the event's length for its offset
+FILTERS = (("mean", 0.3), ("median", 0.3), ("median", 0.6), ("median", 1.0))  # tried by tune_decoding
+MIN_DURATIONS = (0.0, 0.1, 0.25, 0.5, 1.0)  # seconds, tried per class by tune_decoding
+MAX_GAPS = (0.0, 0.25, 0.5, 1.0)  # seconds, tried by tune_decoding
+
+
+@dataclasses.dataclass
+class Tagged:
+    """One recording through the engine: its events, when each opened (input seconds), and
+    the smoothed scores ``(n, C)`` of its windows with the ``n + 1`` boundaries of the spans
+    they describe (each window's centre +- half a hop)."""
+
+    name: str
+    duration: float
+    events: list[Event]
+    opened: list[tuple[Event, float]]
+    scores: np.ndarray
+    boundaries: np.ndarray
+
+
+def tag_scenes(model, scenes: Iterable[tuple[str, np.ndarray, int]], thresholds=None,
+               decoding: Decoding | None = None) -> list[Tagged]:
+    """Tag each ``(name, audio, rate)`` with ``model`` (a loaded model file) as ``streamtag tag``
+    does, with its thresholds and decoding unless others are given."""
+    from streamtag.engine import Engine
+    from streamtag.sources import ArraySource
+
+    d = decoding or model.decoding or Decoding()
+    engine = Engine(model, thresholds=thresholds, smooth=d.smooth, hysteresis=d.hysteresis,
+                    min_duration=d.min_duration, filter=d.filter)
+    half = engine.hop_seconds / 2
+    out = []
+    for name, audio, rate in scenes:
+        events, opened, rows, centres, last_end = [], [], [], [], [0.0]
+
+        def on_window(w):
+            rows.append(w.smoothed)
+            centres.append((w.start + w.end) / 2)
+            last_end[0] = w.end
+
+        def on_event(kind, event):
+            if kind == "open":
+                opened.append((event, last_end[0]))
+            else:
+                events.append(event)
+
+        engine.run(ArraySource(audio, rate, name=name), on_window, on_event)
+        centres = np.asarray(centres)
+        # the span a smoothed score describes: centred on the mean centre of the windows it covers
+        k = engine.smooth_windows
+        shifted = np.array([centres[max(0, i - k + 1):i + 1].mean() for i in range(len(centres))])
+        bounds = np.concatenate([shifted - half, shifted[-1:] + half]) if len(shifted) else np.zeros(1)
+        out.append(Tagged(name, len(audio) / rate, events, opened,
+                          np.asarray(rows, dtype=np.float64).reshape(-1, len(model.classes)), bounds))
+    return out
+
+
+def _event_list(name: str, events: Iterable) -> list[dict]:
+    return [{"filename": name, "event_label": e.label, "onset": float(e.onset), "offset": float(e.offset)}
+            for e in events]
+
+
+def score(reference: dict[str, list[Annotation]], estimated: dict[str, list], classes: Sequence[str],
+          durations: dict[str, float] | None = None, scores: dict | None = None) -> dict:
+    """DCASE metrics of ``estimated`` events against ``reference`` annotations, both
+    ``{filename: [events with onset, offset, label]}``. Every reference file counts (one
+    with no estimate has no detections); estimates for files not in the reference are
+    ignored. ``scores`` (``{filename: (scores (n, C), boundaries (n + 1,))}``, with
+    ``durations``) adds PSDS. Returns micro-averaged figures and a per-class table."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dcase_util's pkg_resources notice
+        import dcase_util
+        import sed_eval
+
+    classes = list(classes)
+    segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=classes, time_resolution=SEGMENT)
+    event = sed_eval.sound_event.EventBasedMetrics(event_label_list=classes, t_collar=COLLAR,
+                                                   percentage_of_length=OFFSET_SHARE, evaluate_onset=True,
+                                                   evaluate_offset=True)
+    for name, ref in reference.items():
+        ref_list = dcase_util.containers.MetaDataContainer(_event_list(name, ref))
+        est_list = dcase_util.containers.MetaDataContainer(_event_list(name, estimated.get(name, [])))
+        segment.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
+        event.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
+    seg, ev = segment.results(), event.results()
+    out = {"files": len(reference), "reference_events": sum(len(v) for v in reference.values()),
+           "estimated_events": sum(len(estimated.get(n, [])) for n in reference),
+           "segment_f1": seg["overall"]["f_measure"]["f_measure"],
+           "segment_precision": seg["overall"]["f_measure"]["precision"],
+           "segment_recall": seg["overall"]["f_measure"]["recall"],
+           "segment_er": seg["overall"]["error_rate"]["error_rate"],
+           "event_f1": ev["overall"]["f_measure"]["f_measure"],
+           "event_er": ev["overall"]["error_rate"]["error_rate"],
+           "classes": {c: {"segment_f1": seg["class_wise"][c]["f_measure"]["f_measure"],
+                           "segment_er": seg["class_wise"][c]["error_rate"]["error_rate"],
+                           "event_f1": ev["class_wise"][c]["f_measure"]["f_measure"],
+                           "event_er": ev["class_wise"][c]["error_rate"]["error_rate"],
+                           "reference_events": sum(a.label == c for v in reference.values() for a in v)}
+                       for c in classes}}
+    if scores is not None:
+        out["psds"] = psds(reference, scores, classes, durations)
+    return {k: _plain(v) for k, v in out.items()}
+
+
+def _plain(v):
+    """NaN (a class with no events) as None, so reports are plain JSON."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return float(v) if isinstance(v, (np.floating, float)) else v
+
+
+def _score_frames(classes, scores: dict):
+    from sed_scores_eval.base_modules.scores import create_score_dataframe
+
+    return {name: create_score_dataframe(np.asarray(s, dtype=np.float64), np.asarray(b, dtype=np.float64), classes)
+            for name, (s, b) in scores.items()}
+
+
+def _ground_truth(reference: dict[str, list[Annotation]]) -> dict:
+    """sed_scores_eval's ground truth: events of one class that overlap or touch merged
+    into one (it refuses them otherwise; a scene may hold two dog barks at once)."""
+    out = {}
+    for name, events in reference.items():
+        merged: list[list] = []
+        for a in sorted(events, key=lambda a: (a.label, a.onset)):
+            if merged and merged[-1][2] == a.label and a.onset <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], a.offset)
+            else:
+                merged.append([a.onset, a.offset, a.label])
+        out[name] = [tuple(e) for e in merged]
+    return out
+
+
+def psds(reference: dict[str, list[Annotation]], scores: dict, classes: Sequence[str],
+         durations: dict[str, float]) -> float:
+    """PSDS (sed_scores_eval), the DCASE first scenario's settings."""
+    from sed_scores_eval import intersection_based
+
+    value, *_ = intersection_based.psds(_score_frames(list(classes), {n: scores[n] for n in reference}),
+                                        _ground_truth(reference), {n: durations[n] for n in reference},
+                                        dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0,
+                                        alpha_st=1.0, max_efpr=100.0)
+    return float(value)
+
+
+def delays(reference: dict[str, list[Annotation]], tagged: Sequence[Tagged]) -> dict:
+    """Detection delay: for each reference event, the first event of its class that opened
+    while it sounded (from its onset to its offset), opened this long after the onset.
+    Returns the share of reference events so detected, and the delays' median and 90th
+    percentile in seconds."""
+    by_name = {t.name: t for t in tagged}
+    found = []
+    total = 0
+    for name, events in reference.items():
+        opened = by_name[name].opened if name in by_name else []
+        for a in events:
+            total += 1
+            times = [at for e, at in opened if e.label == a.label and e.onset <= a.offset and a.onset <= at]
+            if times:
+                found.append(min(times) - a.onset)
+    found = np.asarray(found)
+    return {"detected": len(found) / total if total else None,
+            "median": float(np.median(found)) if len(found) else None,
+            "p90": float(np.percentile(found, 90)) if len(found) else None}
+
+
+def tune_decoding(model, scenes: Sequence[tuple[str, np.ndarray, int]], reference: dict[str, list[Annotation]],
+                  filters=FILTERS, min_durations=MIN_DURATIONS,
+                  max_gaps=MAX_GAPS) -> tuple[np.ndarray, Decoding, dict]:
+    """Per-class thresholds and a :class:`Decoding` chosen on validation scenes.
+
+    For each smoothing filter, the thresholds are those of the best segment F1 per class
+    (sed_scores_eval, over every threshold the smoothed scores allow); then, for each gap an
+    event may bridge, each class's minimum duration is the one of best event F1 (sed_eval).
+    The filter and gap kept are those of the best mean of micro segment and event F1.
+    Returns ``(thresholds, decoding, metrics)``.
+    """
+    from sed_scores_eval import segment_based
+
+    classes = list(model.classes)
+    durations = {name: len(audio) / rate for name, audio, rate in scenes}
+    best = None
+    for kind, seconds in filters:
+        base = Decoding(filter=kind, smooth=seconds, hysteresis=0.0, min_duration=0.0)
+        tagged = tag_scenes(model, scenes, thresholds=1.0, decoding=base)  # scores only: no event fires at 1
+        frames = _score_frames(classes, {t.name: (t.scores, t.boundaries) for t in tagged})
+        _, _, _, chosen, _ = segment_based.best_fscore(frames, _ground_truth(reference), durations,
+                                                        segment_length=SEGMENT)
+        thresholds = np.clip([chosen[c] for c in classes], 1e-3, 1.0)
+        for gap in max_gaps:
+            per_class = {}
+            for d in min_durations:
+                decoding = dataclasses.replace(base, min_duration=d, max_gap=gap)
+                tagged = tag_scenes(model, scenes, thresholds=thresholds, decoding=decoding)
+                metrics = score(reference, {t.name: t.events for t in tagged}, classes)
+                for c in classes:
+                    f = metrics["classes"][c]["event_f1"] or 0.0
+                    if c not in per_class or f > per_class[c][1]:
+                        per_class[c] = (d, f)
+            decoding = dataclasses.replace(base, min_duration=tuple(per_class[c][0] for c in classes), max_gap=gap)
+            tagged = tag_scenes(model, scenes, thresholds=thresholds, decoding=decoding)
+            metrics = score(reference, {t.name: t.events for t in tagged}, classes)
+            objective = (metrics["segment_f1"] + metrics["event_f1"]) / 2
+            if best is None or objective > best[0]:
+                best = (objective, thresholds, decoding, metrics)
+    return best[1], best[2], best[3]

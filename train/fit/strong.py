@@ -1,0 +1,223 @@
+"""Strong-label training: the Piczak CNN taught where events are, on soundscapes.
+
+Every epoch, fresh scenes are planned from the training clips
+(:mod:`train.data.scenes`, the URBAN-SED recipe unless told otherwise), rendered,
+sent through the frontend as audio, and cut into windows every ``stride``
+frames (from a random first frame). A window's targets are the classes whose
+annotated events overlap the part of the window its score is meant to
+describe: the ``describe`` frames' span around the window's centre, the time
+the engine attributes a window's score to. So a score says what sounds *now*,
+at the window's centre, rather than anywhere in 2.35 s, which is what lets
+events open and close where the sounds are. Binary cross-entropy, the same
+network, optionally pretrained on single clips (:func:`train.crossval.fit`).
+
+Validation scenes come from clips held out of the training folds by source
+recording; after training, the last epoch's network is kept (a fixed
+schedule) and its thresholds and decoding are tuned on them
+(:func:`train.detection.tune_decoding`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from streamtag.errors import DatasetError
+from train.data.augment import Augment
+from train.data.cache import DatasetFeatures, clip_features
+from train.fit.crossval import fit, make_net, normalization, split_validation
+from train.fit.loop import Recipe, train
+from train.evaluate.multilabel import average_precision
+from train.data.scenes import Annotation, SceneRecipe, Soundscape, annotations, loudness, plan_scenes, render
+from train.data.segments import WINDOWS, gather
+
+
+@dataclasses.dataclass
+class Scenes:
+    """The scene stage's data: ``per_epoch`` new scenes each epoch, ``val_scenes`` fixed
+    validation scenes, targets for the ``describe`` frames at each window's centre."""
+
+    per_epoch: int = 300
+    val_scenes: int = 60
+    recipe: SceneRecipe = SceneRecipe()
+    describe: int = 4  # frames (93 ms): the part of a window its score describes, centred
+    pretrain_epochs: int = 0
+
+
+def window_targets(scene: Soundscape, starts: np.ndarray, length: int, describe: int, hop: int, n_fft: int,
+                   n_classes: int) -> np.ndarray:
+    """``(len(starts), n_classes)`` float32: 1 where an event of the class overlaps the
+    ``describe``-frame span (``describe * hop`` samples) centred on the window's centre."""
+    first = starts * hop
+    centre = first + ((length - 1) * hop + n_fft) / 2
+    lo, hi = centre - describe * hop / 2, centre + describe * hop / 2
+    targets = np.zeros((len(starts), n_classes), np.float32)
+    for (start, stop), label in zip(scene.spans, scene.labels):
+        targets[:, label] = np.maximum(targets[:, label], (start < hi) & (stop > lo))
+    return targets
+
+
+class SceneMaker:
+    """Plans and renders scenes of a set of clips, one fold at a time (a scene never mixes
+    folds), with every clip's loudness measured once."""
+
+    def __init__(self, feats: DatasetFeatures, clip_ids, recipe: SceneRecipe):
+        self.feats, self.recipe = feats, recipe
+        self.clip_ids = np.asarray(clip_ids)
+        self.rate = feats.spec.sample_rate
+        self._lufs = {int(i): loudness(feats.clip_audio(int(i)), self.rate) for i in self.clip_ids}
+        folds = np.array([feats.dataset.clips[i].fold for i in self.clip_ids])
+        self.by_fold = {int(f): self.clip_ids[folds == f] for f in np.unique(folds)}
+
+    def make(self, n: int, rng: np.random.Generator) -> list[Soundscape]:
+        """``n`` scenes, shared among the folds in proportion to their clips."""
+        clips, labels = self.feats.dataset.clips, self.feats.dataset.labels
+        counts = rng.multinomial(n, [len(v) / len(self.clip_ids) for v in self.by_fold.values()]) if n else []
+        scenes = []
+        for (fold, ids), k in zip(self.by_fold.items(), counts):
+            plans = plan_scenes(clips, ids, int(k), rng, self.recipe, self.rate,
+                                lambda i: len(self.feats.clip_audio(int(i))))
+            scenes += [render(p, lambda i: self.feats.clip_audio(int(i)), labels, self.rate, self.recipe,
+                              self._lufs.__getitem__) for p in plans]
+        return scenes
+
+
+class SceneSource:
+    """Batches for :func:`train.loop.train`: each epoch, new scenes cut into windows
+    with strong targets, shuffled."""
+
+    def __init__(self, maker: SceneMaker, n: int, length: int, stride: int, describe: int, augment: Augment,
+                 batch_size: int = 128):
+        self.maker, self.n = maker, n
+        self.length, self.stride, self.describe = length, stride, describe
+        self.augment, self.batch_size = augment, batch_size
+
+    def epoch(self, rng: np.random.Generator):
+        spec = self.maker.feats.spec
+        n_classes = len(self.maker.feats.dataset.classes)
+        windows, targets = [], []
+        for scene in self.maker.make(self.n, rng):
+            audio = scene.audio
+            if self.augment.gain_db:
+                audio = audio * np.float32(10 ** (rng.uniform(-self.augment.gain_db, self.augment.gain_db) / 20))
+            frames = clip_features(audio, spec)
+            first = int(rng.integers(self.stride)) if self.augment.shift else 0
+            starts = np.arange(first, len(frames) - self.length + 1, self.stride)
+            windows.append(gather(frames, starts, self.length))
+            targets.append(window_targets(scene, starts, self.length, self.describe, spec.hop_length, spec.n_fft,
+                                          n_classes))
+        windows, targets = np.concatenate(windows), np.concatenate(targets)
+        order = rng.permutation(len(windows))
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            yield windows[idx], targets[idx]
+
+
+@dataclasses.dataclass
+class TrainedStrong:
+    net: torch.nn.Module
+    history: list[dict]
+    val_scenes: list[tuple[str, np.ndarray, int]]  # (name, audio, rate)
+    val_reference: dict[str, list[Annotation]]
+    n_train: int
+    n_val: int
+
+
+def render_set(maker: SceneMaker, n: int, seed, prefix: str) -> tuple[list, dict]:
+    """``n`` fixed scenes as ``[(name, audio, rate)]`` and their annotations by name."""
+    scenes = maker.make(n, np.random.default_rng(seed))
+    classes, rate = maker.feats.dataset.classes, maker.rate
+    named = [(f"{prefix}-{k:05d}.wav", s) for k, s in enumerate(scenes)]
+    return ([(name, s.audio, rate) for name, s in named],
+            {name: annotations(s, classes, rate) for name, s in named})
+
+
+def window_map(net, scenes: list, reference: dict, classes: list[str], length: int, describe: int, spec,
+               device: str = "cpu") -> float:
+    """Mean average precision of window scores against their strong targets, on fixed scenes:
+    the validation curve (cheap; the DCASE metrics are for the end)."""
+    from train.evaluate.clips import predict
+    from train.data.segments import Segments
+
+    probs, truth = [], []
+    for name, audio, _ in scenes:
+        frames = clip_features(audio, spec)
+        starts = np.arange(0, len(frames) - length + 1, describe)
+        segments = Segments(starts, np.zeros(len(starts), np.int64), length)
+        probs.append(predict(net, frames, segments, device))
+        spans = [(round(a.onset * spec.sample_rate), round(a.offset * spec.sample_rate)) for a in reference[name]]
+        scene = Soundscape(audio, audio, np.zeros((0, len(audio)), np.float32),
+                           [classes.index(a.label) for a in reference[name]], spans, 1.0)
+        truth.append(window_targets(scene, starts, length, describe, spec.hop_length, spec.n_fft, len(classes)))
+    return float(np.nanmean(average_precision(np.concatenate(probs), np.concatenate(truth))))
+
+
+def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe, scenes: Scenes, augment: Augment,
+                 seed: int, device: str = "cpu", val_fraction: float = 0.15,
+                 on_epoch: Callable[[dict], None] | None = None) -> TrainedStrong:
+    """Pretrain (if asked) and train one strong-label network on scenes of ``train_ids``,
+    less the validation clips held out of them (whole recordings), whose scenes it scores."""
+    length, _ = WINDOWS[window]
+    stride = scenes.describe
+    fit_ids, val_ids = split_validation(feats, np.asarray(train_ids), val_fraction, np.random.default_rng(seed))
+    if not len(val_ids) or not len(fit_ids):
+        raise DatasetError(f"need clips on both sides of the validation split, got {len(fit_ids)} to train on and "
+                           f"{len(val_ids)} held out (val fraction {val_fraction:g})")
+    note = on_epoch or (lambda row: None)
+    val_maker = SceneMaker(feats, val_ids, scenes.recipe)
+    val_scenes, val_reference = render_set(val_maker, scenes.val_scenes, [seed, 7], "val")
+    multilabel = dataclasses.replace(recipe, head="multilabel", patience=0)
+    history = []
+    if scenes.pretrain_epochs:
+        single = dataclasses.replace(recipe, head="single", patience=0, epochs=scenes.pretrain_epochs)
+        single_net, history = fit(feats, fit_ids, window, single, augment, seed, device,
+                                  on_epoch=lambda row: note({"stage": "pretrain", **row}))
+        for row in history:
+            row["stage"] = "pretrain"
+        net = make_net(feats, window, multilabel)
+        net.load_state_dict(single_net.state_dict())
+    else:
+        torch.manual_seed(seed)
+        net = make_net(feats, window, multilabel)
+        net.set_normalization(*normalization(feats, fit_ids))
+    classes = list(feats.dataset.classes)
+
+    def after_epoch(row: dict) -> None:
+        row.update(stage="scenes", val_map=window_map(net, val_scenes, val_reference, classes, length,
+                                                      scenes.describe, feats.spec, device))
+        net.train()
+        note(row)
+
+    source = SceneSource(SceneMaker(feats, fit_ids, scenes.recipe), scenes.per_epoch, length, stride,
+                         scenes.describe, augment, recipe.batch_size)
+    history += train(net, source, multilabel, np.random.default_rng([seed, 1]), device, augment.specaugment,
+                     None, after_epoch)
+    net.eval()
+    return TrainedStrong(net, history, val_scenes, val_reference, len(fit_ids), len(val_ids))
+
+
+def export_tuned(trained: TrainedStrong, path: Path, feats: DatasetFeatures, window: str, hop_frames: int,
+                 provenance: dict) -> dict:
+    """Save the network, tune its thresholds and decoding on the validation scenes through
+    the engine (the model file as ``streamtag tag`` loads it), and save it again with them.
+    Returns the validation metrics at the tuned decoding."""
+    from streamtag.modelfile import load_model, save_model
+    from train.evaluate.detection import tune_decoding
+
+    length, _ = WINDOWS[window]
+    classes = list(feats.dataset.classes)
+    net = trained.net.cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = save_model(Path(tmp) / "draft.pt", net, classes=classes, spec=feats.spec, window_frames=length,
+                           hop_frames=hop_frames, provenance=provenance)
+        thresholds, decoding, metrics = tune_decoding(load_model(draft, device="cpu"), trained.val_scenes,
+                                                      trained.val_reference)
+    provenance = {**provenance, "val_detection": {k: v for k, v in metrics.items() if k != "classes"}}
+    save_model(path, net, classes=classes, spec=feats.spec, window_frames=length, hop_frames=hop_frames,
+               thresholds=thresholds, provenance=provenance, decoding=decoding)
+    return metrics

@@ -1,0 +1,1 @@
+"""Reports: Markdown tables, CSV, JSON and PNG plots of runs, multilabel studies and detection results."""
