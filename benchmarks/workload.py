@@ -24,7 +24,7 @@ from streamtag.features import FeatureSpec
 from streamtag.ringbuffer import RingBuffer
 from streamtag.scene import synthesize_scene
 from streamtag.sources import PacedSource
-from train.segments import WINDOWS
+from train.data.segments import WINDOWS
 
 SPEC = FeatureSpec()
 FRAMES, DEFAULT_HOP = WINDOWS["short"]
