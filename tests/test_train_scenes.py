@@ -3,6 +3,7 @@ on tiny datasets of tones written here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     from streamtag.modelfile import load_model
     from train.data.augment import Augment
     from train.fit.loop import Recipe
-    from train.fit.strong import Scenes, export_tuned, train_strong
+    from train.fit.strong import Scenes, export_tuned, retune, train_strong
 
     torch.set_num_threads(1)
     feats = load_features(read_us8k(tones), FeatureSpec(), tmp_path / "cache", quiet=True)
@@ -190,10 +191,14 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     assert [r["stage"] for r in trained.history] == ["scenes", "scenes"]
     assert all(0 <= r["val_map"] <= 1 for r in trained.history)
     path = tmp_path / "strong.pt"
-    metrics = export_tuned(trained, path, feats, "short", 4, {"dataset": "tones"})
+    provenance = {"dataset": "tones", "recipe": "strong labels on soundscapes", "folds": [1, 2], "seed": 0,
+                  "val_fraction": 0.3, "scenes": dataclasses.asdict(scenes)}
+    metrics = export_tuned(trained.net, path, feats, 41, 4, provenance, trained.val_scenes,
+                           trained.val_reference, trained.val_ids)
     model = load_model(path, device="cpu")
     assert model.decoding is not None and len(model.decoding.min_durations(len(model.classes))) == 3
     assert model.provenance["val_detection"]["segment_f1"] == metrics["segment_f1"]
+    assert 0 <= model.provenance["metrics"]["val_single_accuracy"] <= 1
     name, audio, rate = trained.val_scenes[0]
     sf.write(tmp_path / name, audio, rate)
     done = subprocess.run([sys.executable, "-m", "streamtag", "tag", "--model", str(path), "-f", "dcase",
@@ -202,6 +207,11 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     assert done.stdout.startswith("filename\tonset\toffset\tevent_label\n")
     (tmp_path / "est.tsv").write_text(done.stdout)
     assert set(read_tsv(tmp_path / "est.tsv")) <= {name}
+    # tuned again from its provenance alone: the same validation scenes, so the same tuning and figures
+    again = retune(path, feats, tmp_path / "again.pt")
+    assert again == metrics
+    retuned = load_model(tmp_path / "again.pt", device="cpu")
+    assert retuned.decoding == model.decoding and np.array_equal(retuned.thresholds, model.thresholds)
 
 
 def test_ambient_backgrounds_come_from_the_folds_asked(tones, tmp_path):

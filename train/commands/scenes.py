@@ -3,6 +3,7 @@
     python -m train scenes DATA/UrbanSound8K --dataset us8k --folds 3 --per-fold 100 --out scenes-f3
     python -m train strong DATA/UrbanSound8K --dataset us8k --test-fold 3 --export strong-not3.pt
     python -m train strong DATA/UrbanSound8K --dataset us8k --all --export model.pt
+    python -m train tune strong-not3.pt DATA/UrbanSound8K --export strong-not3-tuned.pt
     python -m train detect scenes-f3 --fold 3 --model model.pt --model default -o results/scenes-f3
     python -m train score reference.tsv events.tsv [--frames windows.jsonl]
 
@@ -67,6 +68,8 @@ def add_commands(sub, common) -> None:
     common(p)
     p.add_argument("--test-fold", type=int, help="train on the other present folds (then `detect` on this fold's scenes)")
     p.add_argument("--all", action="store_true", help="train on every present fold")
+    p.add_argument("--train-folds", type=int, nargs="+",
+                   help="train on these folds only (default: every present fold but the test fold): a learning curve")
     p.add_argument("--export", type=Path, required=True, help="model file to write, thresholds and decoding tuned")
     p.add_argument("--window", choices=("short", "long"), default="short")
     p.add_argument("--hop-frames", type=int, default=4, help="live hop of the exported model, and the frames a "
@@ -86,6 +89,15 @@ def add_commands(sub, common) -> None:
     p.add_argument("--device", help="cuda or cpu (default cuda when available)")
     _recipe_options(p, ambient=False)
     p.set_defaults(run=_cmd_strong)
+
+    p = sub.add_parser("tune", help="tune a strong-label model's thresholds and decoding again, on its own "
+                                    "validation scenes (made again from its provenance)")
+    p.add_argument("model", type=Path, help="a model file `python -m train strong` wrote")
+    p.add_argument("data", help="the UrbanSound8K folder it was trained on")
+    p.add_argument("--dataset", default="us8k", choices=("us8k",))
+    p.add_argument("--cache", help="feature cache folder (default $STREAMTAG_CACHE or ~/.cache/streamtag)")
+    p.add_argument("--export", type=Path, required=True, help="model file to write")
+    p.set_defaults(run=_cmd_tune)
 
     p = sub.add_parser("detect", help="tag written scenes with models; DCASE metrics table and a piano roll")
     p.add_argument("scenes", type=Path, help="a folder `python -m train scenes` wrote")
@@ -144,22 +156,18 @@ def _evaluate(model, scenes, reference) -> tuple[dict, dict]:
 
 
 def _clip_accuracy(model, data: str, fold: int) -> float:
-    """Share of the fold's clips whose top class (mean of their windows' scores, as
-    ``streamtag tag --clip`` gives) is their label."""
+    """The fold's clips through :func:`train.fit.strong.clip_accuracy`."""
     import numpy as np
 
-    from streamtag.engine import Engine
-    from streamtag.sources import ArraySource
+    from streamtag.features import FeatureSpec
+    from train.data.cache import load_features
     from train.data.datasets import read_dataset
+    from train.fit.strong import clip_accuracy
 
-    dataset = read_dataset("us8k", data)
-    engine = Engine(model)
-    clips = [c for c in dataset.clips if c.fold == fold]
-    right = 0
-    for clip in clips:
-        summary = engine.run(ArraySource(dataset.load(clip, model.spec.sample_rate), model.spec.sample_rate))
-        right += int(np.argmax(summary.clip_scores)) == model.classes.index(dataset.classes[clip.label])
-    return right / len(clips)
+    feats = load_features(read_dataset("us8k", data), FeatureSpec(), None, quiet=True)
+    if feats.dataset.classes != model.classes:
+        _fail(f"the model's classes are not UrbanSound8K's: {model.classes}")
+    return clip_accuracy(model, feats, np.flatnonzero([c.fold == fold for c in feats.dataset.clips]))
 
 
 def _cmd_detect(args) -> int:
@@ -258,6 +266,7 @@ def _cmd_strong(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from train.data.segments import WINDOWS
     from train.fit.loop import Recipe
     from train.fit.strong import Scenes, export_tuned, train_strong
 
@@ -268,6 +277,10 @@ def _cmd_strong(args) -> int:
     console.print(feats.dataset.summary())
     fold_of = np.array([c.fold for c in feats.dataset.clips])
     train_ids = np.flatnonzero(fold_of != args.test_fold) if args.test_fold is not None else np.arange(len(fold_of))
+    if args.train_folds:
+        if args.test_fold in args.train_folds or not set(args.train_folds) <= set(feats.dataset.folds):
+            _fail(f"--train-folds must be present folds other than the test fold ({feats.dataset.summary()})")
+        train_ids = train_ids[np.isin(fold_of[train_ids], args.train_folds)]
     recipe = Recipe(lr=args.lr, epochs=args.epochs, schedule=args.schedule, dense=args.dense, dropout=args.dropout,
                     head="multilabel")
     scenes = Scenes(per_epoch=args.scenes_per_epoch, val_scenes=args.val_scenes, recipe=recipe_scenes,
@@ -290,12 +303,24 @@ def _cmd_strong(args) -> int:
     provenance = {"dataset": feats.dataset.summary(), "data": args.data, "folds": train_folds,
                   "command": _command(), "recipe": "strong labels on soundscapes",
                   "scenes": dataclasses.asdict(scenes), "augment": augment.describe(), "seed": args.seed,
-                  "epochs": len(trained.history), "train_clips": trained.n_train, "val_clips": trained.n_val,
+                  "epochs": len(trained.history), "train_clips": trained.n_train, "val_clips": len(trained.val_ids),
+                  "val_fraction": args.val_fraction,
                   "val_window_map": [round(r["val_map"], 4) for r in trained.history if "val_map" in r]}
     console.print("tuning thresholds and decoding on the validation scenes")
-    val = export_tuned(trained, args.export, feats, args.window, args.hop_frames, provenance)
+    val = export_tuned(trained.net, args.export, feats, WINDOWS[args.window][0], args.hop_frames, provenance,
+                       trained.val_scenes, trained.val_reference, trained.val_ids)
     console.print(f"validation scenes: segment F1 {val['segment_f1']:.3f} ER {val['segment_er']:.3f}, event F1 "
                   f"{val['event_f1']:.3f} ER {val['event_er']:.3f} -> {args.export}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from train.fit.strong import retune
+
+    feats = _load_features(args)
+    val = retune(args.model, feats, args.export)
+    print(f"validation scenes: segment F1 {val['segment_f1']:.3f} ER {val['segment_er']:.3f}, event F1 "
+          f"{val['event_f1']:.3f} ER {val['event_er']:.3f} -> {args.export}")
     return 0
 
 

@@ -124,8 +124,8 @@ class TrainedStrong:
     history: list[dict]
     val_scenes: list[tuple[str, np.ndarray, int]]  # (name, audio, rate)
     val_reference: dict[str, list[Annotation]]
+    val_ids: np.ndarray  # the held-out clips the validation scenes are made of
     n_train: int
-    n_val: int
 
 
 def render_set(maker: SceneMaker, n: int, seed, prefix: str) -> tuple[list, dict]:
@@ -157,6 +157,19 @@ def window_map(net, scenes: list, reference: dict, classes: list[str], length: i
     return float(np.nanmean(average_precision(np.concatenate(probs), np.concatenate(truth))))
 
 
+def validation(feats: DatasetFeatures, train_ids, scenes: Scenes, seed: int, val_fraction: float):
+    """``(fit_ids, val_ids, val_scenes, val_reference)``: the clips held out of ``train_ids``
+    (whole recordings, drawn from ``seed``) and their fixed validation scenes; the same for the
+    same arguments, so a model's validation scenes can be made again from its provenance."""
+    fit_ids, val_ids = split_validation(feats, np.asarray(train_ids), val_fraction, np.random.default_rng(seed))
+    if not len(val_ids) or not len(fit_ids):
+        raise DatasetError(f"need clips on both sides of the validation split, got {len(fit_ids)} to train on and "
+                           f"{len(val_ids)} held out (val fraction {val_fraction:g})")
+    val_scenes, val_reference = render_set(SceneMaker(feats, val_ids, scenes.recipe), scenes.val_scenes,
+                                           [seed, 7], "val")
+    return fit_ids, val_ids, val_scenes, val_reference
+
+
 def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe, scenes: Scenes, augment: Augment,
                  seed: int, device: str = "cpu", val_fraction: float = 0.15,
                  on_epoch: Callable[[dict], None] | None = None) -> TrainedStrong:
@@ -164,13 +177,8 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
     less the validation clips held out of them (whole recordings), whose scenes it scores."""
     length, _ = WINDOWS[window]
     stride = scenes.describe
-    fit_ids, val_ids = split_validation(feats, np.asarray(train_ids), val_fraction, np.random.default_rng(seed))
-    if not len(val_ids) or not len(fit_ids):
-        raise DatasetError(f"need clips on both sides of the validation split, got {len(fit_ids)} to train on and "
-                           f"{len(val_ids)} held out (val fraction {val_fraction:g})")
+    fit_ids, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, seed, val_fraction)
     note = on_epoch or (lambda row: None)
-    val_maker = SceneMaker(feats, val_ids, scenes.recipe)
-    val_scenes, val_reference = render_set(val_maker, scenes.val_scenes, [seed, 7], "val")
     multilabel = dataclasses.replace(recipe, head="multilabel", patience=0)
     history = []
     if scenes.pretrain_epochs:
@@ -198,26 +206,67 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
     history += train(net, source, multilabel, np.random.default_rng([seed, 1]), device, augment.specaugment,
                      None, after_epoch)
     net.eval()
-    return TrainedStrong(net, history, val_scenes, val_reference, len(fit_ids), len(val_ids))
+    return TrainedStrong(net, history, val_scenes, val_reference, val_ids, len(fit_ids))
 
 
-def export_tuned(trained: TrainedStrong, path: Path, feats: DatasetFeatures, window: str, hop_frames: int,
-                 provenance: dict) -> dict:
-    """Save the network, tune its thresholds and decoding on the validation scenes through
-    the engine (the model file as ``streamtag tag`` loads it), and save it again with them.
-    Returns the validation metrics at the tuned decoding."""
+def clip_accuracy(model, feats: DatasetFeatures, clip_ids) -> float:
+    """Share of the clips whose top class, from the mean of their windows' scores through the
+    engine (as ``streamtag tag --clip`` gives it), is their label."""
+    from streamtag.engine import Engine
+    from streamtag.sources import ArraySource
+
+    engine, rate = Engine(model), feats.spec.sample_rate
+    labels = feats.dataset.labels
+    right = sum(int(np.argmax(engine.run(ArraySource(np.asarray(feats.clip_audio(int(i))), rate)).clip_scores))
+                == labels[i] for i in clip_ids)
+    return right / len(clip_ids)
+
+
+def export_tuned(net: torch.nn.Module, path: Path, feats: DatasetFeatures, window_frames: int, hop_frames: int,
+                 provenance: dict, val_scenes: list, val_reference: dict, val_ids) -> dict:
+    """Save ``net``, tune its thresholds and decoding on the validation scenes through the
+    engine (the model file as ``streamtag tag`` loads it), measure its clip accuracy on the
+    validation clips, and save it again with all that. Returns the validation metrics."""
     from streamtag.modelfile import load_model, save_model
     from train.evaluate.detection import tune_decoding
 
-    length, _ = WINDOWS[window]
     classes = list(feats.dataset.classes)
-    net = trained.net.cpu()
+    net = net.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
-        draft = save_model(Path(tmp) / "draft.pt", net, classes=classes, spec=feats.spec, window_frames=length,
-                           hop_frames=hop_frames, provenance=provenance)
-        thresholds, decoding, metrics = tune_decoding(load_model(draft, device="cpu"), trained.val_scenes,
-                                                      trained.val_reference)
-    provenance = {**provenance, "val_detection": {k: v for k, v in metrics.items() if k != "classes"}}
-    save_model(path, net, classes=classes, spec=feats.spec, window_frames=length, hop_frames=hop_frames,
+        draft = save_model(Path(tmp) / "draft.pt", net, classes=classes, spec=feats.spec,
+                           window_frames=window_frames, hop_frames=hop_frames, provenance=provenance)
+        model = load_model(draft, device="cpu")
+        thresholds, decoding, metrics = tune_decoding(model, val_scenes, val_reference)
+        accuracy = clip_accuracy(model, feats, val_ids)
+    provenance = {**provenance, "val_detection": {k: v for k, v in metrics.items() if k != "classes"},
+                  "metrics": {"val_single_accuracy": accuracy}}
+    save_model(path, net, classes=classes, spec=feats.spec, window_frames=window_frames, hop_frames=hop_frames,
                thresholds=thresholds, provenance=provenance, decoding=decoding)
     return metrics
+
+
+def retune(model_path: Path, feats: DatasetFeatures, path: Path) -> dict:
+    """Tune a strong-label model file's thresholds and decoding again, on the validation scenes
+    its provenance says it was tuned on (made again from the same folds, seed and recipe), and
+    write it to ``path``: for when the tuning itself changes, without training again."""
+    from streamtag.model import PiczakCNN
+    from streamtag.modelfile import read_metadata
+
+    meta = read_metadata(model_path)
+    prov = meta["provenance"]
+    if prov.get("recipe") != "strong labels on soundscapes":
+        raise DatasetError(f"{model_path}: not a strong-label model (python -m train strong made none of it)")
+    if feats.dataset.classes != meta["classes"]:
+        raise DatasetError(f"{model_path}: its classes are not {feats.dataset.name}'s")
+    recorded = dict(prov["scenes"])
+    scenes = Scenes(**{**recorded, "recipe": SceneRecipe(**{k: tuple(v) if isinstance(v, list) else v
+                                                            for k, v in recorded["recipe"].items()})})
+    fold_of = np.array([c.fold for c in feats.dataset.clips])
+    train_ids = np.flatnonzero(np.isin(fold_of, prov["folds"]))
+    _, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, prov["seed"],
+                                                       prov.get("val_fraction", 0.15))
+    net = PiczakCNN(**meta["architecture"])
+    net.load_state_dict(torch.jit.load(str(model_path), map_location="cpu").net.state_dict())
+    kept = {k: v for k, v in prov.items() if k not in ("val_detection", "metrics", "saved_at")}
+    return export_tuned(net, path, feats, meta["window_frames"], meta["hop_frames"], kept, val_scenes,
+                        val_reference, val_ids)
