@@ -377,6 +377,20 @@ def _quantized(module: torch.jit.ScriptModule, metadata: dict, path: Path) -> to
     return _scripted(net, quantize=True)
 
 
+def load_network(path) -> PiczakCNN:
+    """The trainable :class:`PiczakCNN` inside a model file (float weights and normalisation), for
+    training or tuning it further; a file with int8 dense layers has none to give."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta["quantized"]:
+        raise ModelFileError(f"{path}: its dense layers are int8; save the float model to train or tune it")
+    net = PiczakCNN(**meta["architecture"])
+    with _torchscript():
+        module = torch.jit.load(str(path), map_location="cpu")
+    net.load_state_dict(module.net.state_dict())
+    return net.eval()
+
+
 def read_metadata(path) -> dict:
     """The checked ``streamtag.json`` of a model file, without loading the network."""
     path = Path(path)

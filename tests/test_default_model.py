@@ -23,12 +23,17 @@ def test_default_model_is_packaged_small_and_reproducible():
     assert DEFAULT_MODEL.stat().st_size <= 15 * 2 ** 20
     model = load_model(device="cpu")
     assert model.classes == US8K_CLASSES
-    assert model.head == "multilabel" and model.hop_frames == 4 and model.window_frames == 101
+    assert model.head == "multilabel" and model.hop_frames == 4 and model.window_frames == 41
     provenance = model.provenance
-    assert provenance["command"].startswith("python -m train multilabel") and "--all" in provenance["command"]
-    assert provenance["folds"] == [1, 2] and "UrbanSound8K" in provenance["dataset"]
+    assert provenance["command"].startswith("python -m train strong") and "--all" in provenance["command"]
+    assert provenance["folds"] == [1, 2, 3] and "UrbanSound8K" in provenance["dataset"]
+    # the data folder as the user typed it, never a path of the machine it was trained on
+    assert provenance["data"] in provenance["command"] and not provenance["data"].startswith("/")
     assert 0 < provenance["metrics"]["val_single_accuracy"] <= 1
+    assert 0 < provenance["val_detection"]["segment_f1"] <= 1
     assert np.all((model.thresholds > 0) & (model.thresholds < 1))
+    # events are decoded as tuned on its validation scenes, by default
+    assert model.decoding is not None and len(model.decoding.min_durations(len(model.classes))) == 10
 
 
 def test_tag_works_without_model_option(tmp_path):

@@ -207,6 +207,17 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     assert done.stdout.startswith("filename\tonset\toffset\tevent_label\n")
     (tmp_path / "est.tsv").write_text(done.stdout)
     assert set(read_tsv(tmp_path / "est.tsv")) <= {name}
+    # the user's path: their annotations, streamtag's events and window scores, the DCASE metrics and PSDS
+    write_tsv(tmp_path / "ref.tsv", [(name, a) for a in trained.val_reference[name]])
+    frames = subprocess.run([sys.executable, "-m", "streamtag", "tag", "--model", str(path), "--frames", "-f", "jsonl",
+                             str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+    assert frames.returncode == 0, frames.stderr
+    (tmp_path / "frames.jsonl").write_text(frames.stdout)
+    scored = subprocess.run([sys.executable, "-m", "train", "score", str(tmp_path / "ref.tsv"),
+                             str(tmp_path / "est.tsv"), "--frames", str(tmp_path / "frames.jsonl")],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert "; PSDS " in scored.stdout and "(1 files, " in scored.stdout
     # tuned again from its provenance alone: the same validation scenes, so the same tuning and figures
     again = retune(path, feats, tmp_path / "again.pt")
     assert again == metrics

@@ -116,7 +116,9 @@ def score(reference: dict[str, list[Annotation]], estimated: dict[str, list], cl
         est_list = dcase_util.containers.MetaDataContainer(_event_list(name, estimated.get(name, [])))
         segment.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
         event.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
-    seg, ev = segment.results(), event.results()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sed_eval's class-wise means over classes with no event
+        seg, ev = segment.results(), event.results()
     out = {"files": len(reference), "reference_events": sum(len(v) for v in reference.values()),
            "estimated_events": sum(len(estimated.get(n, [])) for n in reference),
            "segment_f1": seg["overall"]["f_measure"]["f_measure"],
@@ -145,11 +147,21 @@ def _plain(v):
     return float(v) if isinstance(v, (np.floating, float)) else v
 
 
+def _sed_scores_eval():
+    """sed_scores_eval, imported without the deprecation notice its dcase_util prints (pkg_resources)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import sed_scores_eval
+        import sed_scores_eval.intersection_based
+        import sed_scores_eval.segment_based
+        import sed_scores_eval.base_modules.scores
+    return sed_scores_eval
+
+
 def _score_frames(classes, scores: dict, keep=None):
     """sed_scores_eval's score tables; ``keep``: only these classes (it refuses a class with no
     reference event)."""
-    from sed_scores_eval.base_modules.scores import create_score_dataframe
-
+    create_score_dataframe = _sed_scores_eval().base_modules.scores.create_score_dataframe
     keep = list(classes) if keep is None else list(keep)
     columns = [list(classes).index(c) for c in keep]
     return {name: create_score_dataframe(np.asarray(s, dtype=np.float64)[:, columns], np.asarray(b, dtype=np.float64),
@@ -180,10 +192,8 @@ def _ground_truth(reference: dict[str, list[Annotation]]) -> dict:
 def psds(reference: dict[str, list[Annotation]], scores: dict, classes: Sequence[str],
          durations: dict[str, float]) -> float:
     """PSDS (sed_scores_eval), the DCASE first scenario's settings."""
-    from sed_scores_eval import intersection_based
-
     truth = _ground_truth(reference)
-    value, *_ = intersection_based.psds(_score_frames(list(classes), {n: scores[n] for n in reference},
+    value, *_ = _sed_scores_eval().intersection_based.psds(_score_frames(list(classes), {n: scores[n] for n in reference},
                                                       _with_events(classes, truth)),
                                         truth, {n: durations[n] for n in reference},
                                         dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0,
@@ -223,8 +233,7 @@ def _threshold_sets(classes: list[str], scores: dict, truth: dict, durations: di
     those of the best segment F1, of the lowest segment error rate (sed_scores_eval, over every
     threshold the scores allow), their midpoint, and 0.5 for every class (and for a class with
     no reference event to tune on)."""
-    from sed_scores_eval import segment_based
-
+    segment_based = _sed_scores_eval().segment_based
     present = _with_events(classes, truth)
     frames = _score_frames(classes, scores, present)
     by_f1 = segment_based.best_fscore(frames, truth, durations, segment_length=SEGMENT)[3]

@@ -249,8 +249,7 @@ def retune(model_path: Path, feats: DatasetFeatures, path: Path) -> dict:
     """Tune a strong-label model file's thresholds and decoding again, on the validation scenes
     its provenance says it was tuned on (made again from the same folds, seed and recipe), and
     write it to ``path``: for when the tuning itself changes, without training again."""
-    from streamtag.model import PiczakCNN
-    from streamtag.modelfile import read_metadata
+    from streamtag.modelfile import load_network, read_metadata
 
     meta = read_metadata(model_path)
     prov = meta["provenance"]
@@ -265,8 +264,7 @@ def retune(model_path: Path, feats: DatasetFeatures, path: Path) -> dict:
     train_ids = np.flatnonzero(np.isin(fold_of, prov["folds"]))
     _, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, prov["seed"],
                                                        prov.get("val_fraction", 0.15))
-    net = PiczakCNN(**meta["architecture"])
-    net.load_state_dict(torch.jit.load(str(model_path), map_location="cpu").net.state_dict())
+    net = load_network(model_path)
     kept = {k: v for k, v in prov.items() if k not in ("val_detection", "metrics", "saved_at")}
     return export_tuned(net, path, feats, meta["window_frames"], meta["hop_frames"], kept, val_scenes,
                         val_reference, val_ids)
