@@ -253,3 +253,19 @@ def test_ambient_backgrounds_come_from_the_folds_asked(tones, tmp_path):
     scene = render(plan, lambda i: np.resize(esc.load(esc.clips[i - offset], SR), 2 * SR) if i >= offset
                    else d.load(d.clips[i], SR), [c.label for c in pool], SR, recipe)
     assert abs(loudness(scene.background, SR) - (-50.0 + 20 * np.log10(scene.gain))) < 0.05
+
+
+def test_detect_command_reports_written_scenes(tones, random_model_file, tmp_path):
+    d = read_us8k(tones)
+    write_scenes(d, tmp_path / "scenes", per_fold=2, recipe=SceneRecipe(duration=4.0), folds=[2], quiet=True)
+    done = subprocess.run([sys.executable, "-m", "train", "detect", str(tmp_path / "scenes"), "--fold", "2",
+                           "--model", str(random_model_file), "--model", str(random_model_file), "--name", "a",
+                           "--name", "b", "-o", str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert list(rows) == ["a", "b"] and rows["a"]["segment_f1"] == rows["b"]["segment_f1"]
+    assert rows["a"]["files"] == 2 and set(rows["a"]["delay"]) == {"detected", "median", "p90"}
+    table = (tmp_path / "report.md").read_text()
+    assert "| a | " in table and "Scaper paper: CNN" in table
+    assert (tmp_path / "report.png").stat().st_size > 10_000

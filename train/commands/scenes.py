@@ -108,6 +108,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="report prefix: OUT.md, OUT.json, OUT.png")
     p.add_argument("--clips", metavar="DATA", help="also the clip accuracy of each model on this UrbanSound8K "
                                                     "folder's clips of the same fold (mean window scores, top class)")
+    p.add_argument("--roll", type=int, default=3, metavar="K", help="models drawn in the piano roll: the first K")
     p.add_argument("--title", default="Sound event detection on soundscapes")
     p.add_argument("--note", default="")
     p.set_defaults(run=_cmd_detect)
@@ -190,7 +191,7 @@ def _cmd_detect(args) -> int:
     write(args.out, rows, args.title, args.note or f"{len(scenes)} scenes of fold {args.fold} ({args.scenes}); "
                                                    f"command: `{_command()}`")
     names = [s[0] for s in scenes[:4]]
-    piano_roll(Path(f"{args.out}.png"), names, reference, detected, model.classes,
+    piano_roll(Path(f"{args.out}.png"), names, reference, dict(list(detected.items())[:args.roll]), model.classes,
                {s[0]: len(s[1]) / s[2] for s in scenes})
     print(f"-> {args.out}.md, {args.out}.json, {args.out}.png")
     return 0

@@ -106,7 +106,9 @@ def score(reference: dict[str, list[Annotation]], estimated: dict[str, list], cl
         import dcase_util
         import sed_eval
 
-    classes = list(classes)
+    scored = list(classes)  # the columns of ``scores``
+    seen = {a.label for v in reference.values() for a in v} | {e.label for v in estimated.values() for e in v}
+    classes = scored + sorted(seen - set(scored))  # labels the model lacks count too (as misses)
     segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=classes, time_resolution=SEGMENT)
     event = sed_eval.sound_event.EventBasedMetrics(event_label_list=classes, t_collar=COLLAR,
                                                    percentage_of_length=OFFSET_SHARE, evaluate_onset=True,
@@ -134,7 +136,7 @@ def score(reference: dict[str, list[Annotation]], estimated: dict[str, list], cl
                            "reference_events": sum(a.label == c for v in reference.values() for a in v)}
                        for c in classes}}
     if scores is not None:
-        out["psds"] = psds(reference, scores, classes, durations)
+        out["psds"] = psds(reference, scores, scored, durations)
     return {k: _plain(v) for k, v in out.items()}
 
 
@@ -192,12 +194,14 @@ def _ground_truth(reference: dict[str, list[Annotation]]) -> dict:
 def psds(reference: dict[str, list[Annotation]], scores: dict, classes: Sequence[str],
          durations: dict[str, float]) -> float:
     """PSDS (sed_scores_eval), the DCASE first scenario's settings."""
-    truth = _ground_truth(reference)
-    value, *_ = _sed_scores_eval().intersection_based.psds(_score_frames(list(classes), {n: scores[n] for n in reference},
-                                                      _with_events(classes, truth)),
-                                        truth, {n: durations[n] for n in reference},
-                                        dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0,
-                                        alpha_st=1.0, max_efpr=100.0)
+    keep = _with_events(classes, _ground_truth(reference))  # scored classes with a reference event
+    if not keep:
+        return 0.0
+    truth = {n: [e for e in events if e[2] in keep] for n, events in _ground_truth(reference).items()}
+    frames = _score_frames(list(classes), {n: scores[n] for n in reference}, keep)
+    value, *_ = _sed_scores_eval().intersection_based.psds(
+        frames, truth, {n: durations[n] for n in reference}, dtc_threshold=0.7, gtc_threshold=0.7,
+        cttc_threshold=None, alpha_ct=0.0, alpha_st=1.0, max_efpr=100.0)
     return float(value)
 
 
