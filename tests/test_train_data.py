@@ -15,11 +15,11 @@ from streamtag.features import FeatureSpec
 from streamtag.frontend import compute_features
 from train.data.augment import Augment, add_background, between_class_mix, change_speed, loudness_db
 from train.data.cache import MIN_FRAMES, load_features, pad_audio
-from train.fit.crossval import split_validation
 from train.data.datasets import read_dataset, read_esc50, read_us8k
-from train.evaluate.clips import clip_votes, confusion, scores
 from train.data.segments import WINDOWS, gather, segments_of, window_starts
 from train.data.sources import AudioSource, SegmentSource
+from train.evaluate.clips import clip_votes, confusion, scores
+from train.fit.crossval import split_validation
 
 SR = 22050
 

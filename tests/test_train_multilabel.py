@@ -18,13 +18,13 @@ from test_train_data import make_us8k
 from train.data.augment import Augment, change_speed
 from train.data.cache import clip_features, load_features
 from train.data.datasets import read_us8k
-from train.fit.loop import Recipe
-from train.fit.multilabel import ExampleSource, Overlays, clip_set, render, study
-from train.evaluate.multilabel import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
-                                      set_scores, tune_thresholds)
-from train.reports.multilabel import compare_studies, write_study
 from train.data.overlay import Overlay, mix
 from train.data.segments import SILENCE_DB, window_starts
+from train.evaluate.multilabel import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
+                                      set_scores, tune_thresholds)
+from train.fit.loop import Recipe
+from train.fit.multilabel import ExampleSource, Overlays, clip_set, render, study
+from train.reports.multilabel import compare_studies, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 

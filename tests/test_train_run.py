@@ -15,8 +15,8 @@ from streamtag.modelfile import load_model
 from test_train_data import make_esc50, make_us8k
 from train.data.augment import Augment
 from train.data.cache import load_features
-from train.fit.crossval import cross_validate
 from train.data.datasets import read_us8k
+from train.fit.crossval import cross_validate
 from train.fit.loop import Recipe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -77,6 +77,19 @@ class Dataset:
         return text
 
 
+def output_folds(dataset: Dataset, out: str | os.PathLike, folds=None) -> tuple[Path, list[int]]:
+    """For a writer of derived audio (overlays, scenes): the folder ``out``, which must be new or
+    empty, and the folds asked for (default: every present fold), each checked present."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out}: already exists and is not an empty folder; choose a new one")
+    folds = sorted(folds or dataset.folds)
+    absent = sorted(set(folds) - set(dataset.folds))
+    if absent:
+        raise DatasetError(f"fold(s) {absent} not present ({dataset.summary()})")
+    return out, folds
+
+
 def read_dataset(kind: str, root: str | os.PathLike) -> Dataset:
     """``kind`` is one of ``us8k``, ``esc10``, ``esc50``."""
     readers = {"us8k": read_us8k, "esc10": lambda r: read_esc50(r, esc10=True),

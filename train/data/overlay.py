@@ -33,7 +33,7 @@ from rich.progress import track
 
 from streamtag.errors import DatasetError
 from streamtag.features import FeatureSpec
-from train.data.datasets import Clip, Dataset
+from train.data.datasets import Clip, Dataset, output_folds
 
 PEAK = 0.5  # each event's peak at 0 dB level: -6 dBFS, so that two of them never clip
 ACTIVE_DB = 40.0  # an event is present in a frame whose energy is within this of its loudest frame's
@@ -166,13 +166,7 @@ def write_overlays(dataset: Dataset, out: str | os.PathLike, per_fold: int, seed
     how the set was made. Each fold's plan depends only on ``seed`` and the fold
     number, so adding folds leaves the others' mixes unchanged. Returns the CSV's path.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f"{out}: already exists and is not an empty folder; choose a new one")
-    folds = sorted(folds or dataset.folds)
-    absent = sorted(set(folds) - set(dataset.folds))
-    if absent:
-        raise DatasetError(f"fold(s) {absent} not present ({dataset.summary()})")
+    out, folds = output_folds(dataset, out, folds)
     fold_of = np.array([c.fold for c in dataset.clips])
     plan = []
     for fold in folds:

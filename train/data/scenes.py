@@ -39,7 +39,7 @@ from rich.progress import track
 
 from streamtag.audio import load_audio
 from streamtag.errors import DatasetError
-from train.data.datasets import Clip, Dataset
+from train.data.datasets import Clip, Dataset, output_folds
 
 BACKGROUND_LUFS = -50.0  # Scaper's reference level for URBAN-SED's background
 AMBIENT_CLASSES = ("rain", "sea_waves", "crackling_fire", "helicopter")  # ESC-10's steady scenes
@@ -294,13 +294,7 @@ def write_scenes(dataset: Dataset, out: str | os.PathLike, per_fold: int, recipe
     (24-bit), ``metadata/foldN.tsv`` (DCASE annotations, one per fold, so a test fold is
     scored alone) and ``metadata/scenes.json`` (how they were made). Each fold's scenes depend
     only on ``seed`` and the fold number. Returns the metadata folder."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f"{out}: already exists and is not an empty folder; choose a new one")
-    folds = sorted(folds or dataset.folds)
-    absent = sorted(set(folds) - set(dataset.folds))
-    if absent:
-        raise DatasetError(f"fold(s) {absent} not present ({dataset.summary()})")
+    out, folds = output_folds(dataset, out, folds)
     pool: list[Clip] = list(dataset.clips)
     background_ids: list[list[int]] = []
     if recipe.background == "ambient":

@@ -27,6 +27,16 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[labels]
 
 
+def shuffled_batches(windows: list[np.ndarray], targets: list[np.ndarray], batch_size: int,
+                     rng: np.random.Generator) -> Iterator[Batch]:
+    """An epoch's examples, rendered in parts, as batches in a random order."""
+    windows, targets = np.concatenate(windows), np.concatenate(targets)
+    order = rng.permutation(len(windows))
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo:lo + batch_size]
+        yield windows[idx], targets[idx]
+
+
 class SegmentSource:
     """The clips' fixed segments, shuffled each epoch."""
 
@@ -94,8 +104,4 @@ class AudioSource:
 
     def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
         windows, targets = zip(*(self._clip(int(i), rng) for i in self.clip_ids))
-        windows, targets = np.concatenate(windows), np.concatenate(targets)
-        order = rng.permutation(len(windows))
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
-            yield windows[idx], targets[idx]
+        yield from shuffled_batches(list(windows), list(targets), self.batch_size, rng)

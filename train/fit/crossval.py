@@ -18,10 +18,10 @@ import torch
 from streamtag.model import PiczakCNN
 from train.data.augment import Augment
 from train.data.cache import DatasetFeatures
-from train.evaluate.clips import predict, scores
-from train.fit.loop import Recipe, train
 from train.data.segments import SILENCE_DB, WINDOWS, segments_of
 from train.data.sources import AudioSource, SegmentSource
+from train.evaluate.clips import predict, scores
+from train.fit.loop import Recipe, train
 
 
 def split_validation(feats: DatasetFeatures, clip_ids: np.ndarray, fraction: float,

@@ -35,13 +35,14 @@ import torch
 from streamtag.errors import DatasetError
 from train.data.augment import Augment, change_speed
 from train.data.cache import DatasetFeatures, clip_features
-from train.fit.crossval import fit, make_net, normalization, split_validation
-from train.evaluate.clips import predict
-from train.fit.loop import Recipe, train
-from train.evaluate.multilabel import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
-                                      set_scores, tune_thresholds)
 from train.data.overlay import Overlay, frame_activity, mix, plan_overlays
 from train.data.segments import SILENCE_DB, WINDOWS, Segments, gather, window_starts
+from train.data.sources import shuffled_batches
+from train.evaluate.clips import predict
+from train.evaluate.multilabel import (average_precision, clip_means, found_per_class, mixes_by_alone, per_class,
+                                      set_scores, tune_thresholds)
+from train.fit.crossval import fit, make_net, normalization, split_validation
+from train.fit.loop import Recipe, train
 
 MIN_ACTIVE = 4  # frames (0.09 s) an event must sound in a window to be one of the window's targets
 SETS = {"single": None, "equal": (0.0, 0.0), "minus20": (20.0, 20.0)}  # evaluation sets: name -> level difference
@@ -118,11 +119,7 @@ class ExampleSource:
             frames, starts, t = render(self.feats, item, self.length, self.stride, self.augment, rng)
             windows.append(gather(frames, starts, self.length))
             targets.append(t)
-        windows, targets = np.concatenate(windows), np.concatenate(targets)
-        order = rng.permutation(len(windows))
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
-            yield windows[idx], targets[idx]
+        yield from shuffled_batches(windows, targets, self.batch_size, rng)
 
 
 @dataclasses.dataclass

@@ -30,11 +30,12 @@ import torch
 from streamtag.errors import DatasetError
 from train.data.augment import Augment
 from train.data.cache import DatasetFeatures, clip_features
-from train.fit.crossval import fit, make_net, normalization, split_validation
-from train.fit.loop import Recipe, train
-from train.evaluate.multilabel import average_precision
 from train.data.scenes import Annotation, SceneRecipe, Soundscape, annotations, loudness, plan_scenes, render
 from train.data.segments import WINDOWS, gather
+from train.data.sources import shuffled_batches
+from train.evaluate.multilabel import average_precision
+from train.fit.crossval import fit, make_net, normalization, split_validation
+from train.fit.loop import Recipe, train
 
 
 @dataclasses.dataclass
@@ -111,11 +112,7 @@ class SceneSource:
             windows.append(gather(frames, starts, self.length))
             targets.append(window_targets(scene, starts, self.length, self.describe, spec.hop_length, spec.n_fft,
                                           n_classes))
-        windows, targets = np.concatenate(windows), np.concatenate(targets)
-        order = rng.permutation(len(windows))
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
-            yield windows[idx], targets[idx]
+        yield from shuffled_batches(windows, targets, self.batch_size, rng)
 
 
 @dataclasses.dataclass
