@@ -219,6 +219,27 @@ class Trained:
     single_net: torch.nn.Module | None = None  # the pretrained softmax network, when pretrained
 
 
+def starting_net(feats: DatasetFeatures, fit_ids, window: str, multilabel: Recipe, pretrain_epochs: int,
+                 augment: Augment, seed: int, device: str, note: Callable[[dict], None]):
+    """``(net, single_net, history)``: the multilabel network a training starts from. With
+    ``pretrain_epochs``, a single-label network trained that long on the clips (``single_net``,
+    its epochs in ``history``, marked "pretrain") lends it its weights; otherwise it is fresh from
+    ``seed``, normalised on the clips ``fit_ids``."""
+    if not pretrain_epochs:
+        torch.manual_seed(seed)
+        net = make_net(feats, window, multilabel)
+        net.set_normalization(*normalization(feats, fit_ids))
+        return net, None, []
+    single = dataclasses.replace(multilabel, head="single", patience=0, epochs=pretrain_epochs)
+    single_net, history = fit(feats, fit_ids, window, single, augment, seed, device,
+                              on_epoch=lambda row: note({"stage": "pretrain", **row}))
+    for row in history:
+        row["stage"] = "pretrain"
+    net = make_net(feats, window, multilabel)
+    net.load_state_dict(single_net.state_dict())  # same shapes; only the squashing and loss differ
+    return net, single_net, history
+
+
 def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe, overlays: Overlays,
                      augment: Augment, seed: int, device: str = "cpu", val_fraction: float = 0.15,
                      on_epoch: Callable[[dict], None] | None = None) -> Trained:
@@ -237,19 +258,8 @@ def train_multilabel(feats: DatasetFeatures, train_ids, window: str, recipe: Rec
     val = evaluation_sets(feats, val_ids, length, stride, len(val_ids), seed + 1, overlays.max_offset)
     note = on_epoch or (lambda row: None)
     multilabel = dataclasses.replace(recipe, head="multilabel", patience=0)
-    history, single_net = [], None
-    if overlays.pretrain_epochs:
-        single = dataclasses.replace(recipe, head="single", patience=0, epochs=overlays.pretrain_epochs)
-        single_net, history = fit(feats, fit_ids, window, single, augment, seed, device,
-                                  on_epoch=lambda row: note({"stage": "pretrain", **row}))
-        for row in history:
-            row["stage"] = "pretrain"
-        net = make_net(feats, window, multilabel)
-        net.load_state_dict(single_net.state_dict())  # same shapes; only the squashing and loss differ
-    else:
-        torch.manual_seed(seed)
-        net = make_net(feats, window, multilabel)
-        net.set_normalization(*normalization(feats, fit_ids))
+    net, single_net, history = starting_net(feats, fit_ids, window, multilabel, overlays.pretrain_epochs, augment,
+                                            seed, device, note)
     best = {"map": -1.0, "epoch": recipe.epochs}  # with keep="last", the last epoch is the one kept
 
     def after_epoch(row: dict) -> None:

@@ -34,8 +34,9 @@ from train.data.scenes import Annotation, SceneRecipe, Soundscape, annotations, 
 from train.data.segments import WINDOWS, gather
 from train.data.sources import shuffled_batches
 from train.evaluate.multilabel import average_precision
-from train.fit.crossval import fit, make_net, normalization, split_validation
+from train.fit.crossval import split_validation
 from train.fit.loop import Recipe, train
+from train.fit.multilabel import starting_net
 
 
 @dataclasses.dataclass
@@ -177,19 +178,8 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
     fit_ids, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, seed, val_fraction)
     note = on_epoch or (lambda row: None)
     multilabel = dataclasses.replace(recipe, head="multilabel", patience=0)
-    history = []
-    if scenes.pretrain_epochs:
-        single = dataclasses.replace(recipe, head="single", patience=0, epochs=scenes.pretrain_epochs)
-        single_net, history = fit(feats, fit_ids, window, single, augment, seed, device,
-                                  on_epoch=lambda row: note({"stage": "pretrain", **row}))
-        for row in history:
-            row["stage"] = "pretrain"
-        net = make_net(feats, window, multilabel)
-        net.load_state_dict(single_net.state_dict())
-    else:
-        torch.manual_seed(seed)
-        net = make_net(feats, window, multilabel)
-        net.set_normalization(*normalization(feats, fit_ids))
+    net, _, history = starting_net(feats, fit_ids, window, multilabel, scenes.pretrain_epochs, augment, seed, device,
+                                   note)
     classes = list(feats.dataset.classes)
 
     def after_epoch(row: dict) -> None:
