@@ -8,7 +8,8 @@ Parts, in order:
 - ``live``: end to end, live: latency from a window's last sample to its scores, dropped samples;
 - ``dashboard``: the cost of drawing a frame of ``streamtag live``, and the live latency with it beside without;
 - ``files``: real-time factor and peak memory of ``streamtag tag`` on an hour of audio, beside a baseline;
-- ``soak``: the live path's memory over an hour of audio played faster than real time.
+- ``soak``: the live path's memory over an hour of audio played faster than real time;
+- ``serve``: how many live streams one ``streamtag serve`` carries at p99 <= 100 ms, beside a process per stream.
 
 Each part writes ``OUT/<part>.json``: its figures, the machine, load, versions
 and commit they were measured with, and how long it took. ``OUT/results.md``
@@ -33,12 +34,13 @@ from pathlib import Path
 from benchmarks.report import REPO, describe, machine, markdown
 from benchmarks.soak import FLAT_MB
 
-PARTS = ("frontend", "model", "gpu", "live", "dashboard", "files", "soak")
-WITH_PROGRESS = {"live", "files", "soak"}  # parts long enough to report progress
+PARTS = ("frontend", "model", "gpu", "live", "dashboard", "files", "soak", "serve")
+WITH_PROGRESS = {"live", "files", "soak", "serve"}  # parts long enough to report progress
 RESULTS = REPO / "benchmarks" / "results"
 QUICK_RESULTS = REPO / "runs" / "bench-quick"
 TITLES = {"frontend": "Frontend", "model": "Model on the CPU", "gpu": "Model on CUDA", "live": "End to end, live",
-          "dashboard": "Live dashboard", "files": "Files", "soak": "Soak"}
+          "dashboard": "Live dashboard", "files": "Files", "soak": "Soak",
+          "serve": "Many streams: streamtag serve"}
 
 # (part, what, key of the value in the part's figures, comparison, goal, how to show a value, what else
 # to say about it, with the part's figures in braces). The goals are for a 2-core CPU.
@@ -60,6 +62,8 @@ TARGETS = (
      " (import torch and load the frontend kernel, nothing else: {floor_mb:.0f} MB)"),
     ("soak", "live memory growth over the soak", "growth_mb", "<=", FLAT_MB, "{:+.1f} MB",
      " over {audio_seconds:.0f} s of audio"),
+    ("serve", "concurrent live streams in one streamtag serve, p99 <= 100 ms, no drops", "max_streams", ">=", 300,
+     "{:d}", " on {device} (a process per stream: {baseline[streams]})"),
 )
 _OPS = {"<=": operator.le, ">=": operator.ge}
 

@@ -23,8 +23,20 @@ from streamtag.errors import (
     EmptyAudioError,
     NonFiniteAudioError,
     NotAudioError,
+    StreamtagError,
     TruncatedAudioError,
 )
+
+
+def check_stream_format(sample_rate, channels, what: str = "") -> tuple[int, int]:
+    """A stream's rate and channel count that its sender states (raw PCM, a pushed
+    stream, a server's client) as ints, or a one-line error naming the bad one."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or not 1000 <= sample_rate <= 768000:
+        raise StreamtagError(f"{what}sample rate must be an integer from 1000 to 768000 Hz, got {sample_rate!r}")
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or not 1 <= channels <= 64:
+        raise StreamtagError(f"{what}channel count must be an integer from 1 to 64, got {channels!r}")
+    return int(sample_rate), int(channels)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

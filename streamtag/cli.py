@@ -53,6 +53,53 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import torch
+    from rich.console import Console
+
+    from streamtag.server import Limits, Server
+    from streamtag.tagger import Tagger
+
+    if args.threads < 1:
+        raise _usage_error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    limits = Limits(max_streams=args.max_streams, max_message=args.max_message, max_behind=args.max_behind,
+                    idle_timeout=args.idle_timeout, send_timeout=args.send_timeout)
+    token = args.token if args.token is not None else os.environ.get("STREAMTAG_TOKEN") or None
+    tagger = Tagger(args.model, device=args.device, int8=args.int8, hop_frames=args.hop, thresholds=args.threshold,
+                    smooth=args.smooth, hysteresis=args.hysteresis, min_duration=args.min_duration,
+                    filter=args.filter)
+    server = Server(tagger, args.host, args.port, token=token, limits=limits, max_wait=args.max_wait,
+                    max_batch=args.max_batch)
+    err = Console(stderr=True)
+
+    async def main() -> None:
+        ready = asyncio.get_running_loop().create_future()
+        serving = asyncio.ensure_future(server.run(ready))
+        await asyncio.wait([ready, serving], return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # could not listen: raises
+        err.print(f"streamtag serve: ws://{args.host}:{ready.result()}/  model {tagger.model.name}, "
+                  f"{'token required' if token else 'no token (localhost only)'}; Ctrl-C stops", highlight=False)
+        while args.stats:
+            await asyncio.sleep(args.stats)
+            st = server.stats()
+            err.print(f"streams {st['streams']}  windows {st['windows']}  p50 {st['latency_p50_ms']:.1f} ms  "
+                      f"p99 {st['latency_p99_ms']:.1f} ms  dropped {st['dropped_samples']}  closed {st['closed']}",
+                      highlight=False)
+        await serving
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise _usage_error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from streamtag.tag import devices
 
@@ -189,7 +236,44 @@ def build_parser() -> argparse.ArgumentParser:
                         "input, whose windows come in large batches; 1 with --mic, a window at a time)")
     p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
+    p.add_argument("--server", metavar="URL",
+                   help="tag through a `streamtag serve` (ws://HOST:PORT/) instead of a local model: the same "
+                        "inputs and outputs, the server's model and decoding")
+    p.add_argument("--token", metavar="TOKEN", help="the server's token (default: $STREAMTAG_TOKEN)")
     p.set_defaults(run=_cmd_tag)
+
+    p = sub.add_parser("serve", help="tag many live audio streams over WebSockets in one process",
+                       description="Serve WebSocket clients, each streaming audio (raw PCM or WAV) and receiving "
+                                   "events as JSON Lines; the windows of all streams are scored together, one "
+                                   "network call per tick. Binds to localhost unless --host says otherwise; any "
+                                   "other address needs a token. The protocol is in the README.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="a shared secret every client must send (default: $STREAMTAG_TOKEN; required off localhost)")
+    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where the network runs (default: cuda when present)")
+    p.add_argument("--hop", type=int, metavar="FRAMES", help="frames between windows (default: the model's)")
+    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
+    _add_decoding_options(p)
+    p.add_argument("--max-streams", type=int, default=1000, metavar="N", help="streams at once (default 1000)")
+    p.add_argument("--max-message", type=int, default=1 << 20, metavar="BYTES",
+                   help="largest message a client may send (default 1 MiB)")
+    p.add_argument("--max-behind", type=float, default=2.0, metavar="SECONDS",
+                   help="audio a stream may queue before a live one loses its oldest (counted, reported) and any "
+                        "other is slowed down (default 2)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="close a stream silent this long (default 30)")
+    p.add_argument("--send-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a stream whose client does not read its results this long (default 10)")
+    p.add_argument("--max-wait", type=float, default=0.02, metavar="SECONDS",
+                   help="longest a window waits for its batch (default 0.02)")
+    p.add_argument("--max-batch", type=int, default=512, metavar="N", help="start a batch early at N windows")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the network (default 1)")
+    p.add_argument("--int8", action="store_true", help=INT8_HELP)
+    p.add_argument("--stats", type=float, default=0, metavar="SECONDS",
+                   help="print streams, windows, latency and drops every SECONDS on standard error")
+    p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("live", help="a live dashboard of sound tags from a microphone, a file or the demo scene",
                        description="Tag sound live with a terminal dashboard: a bar per class, an event log, the "
@@ -217,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks (latency, throughput, memory) from a source checkout",
                        description="Run `python -m benchmarks` in the streamtag repository this command comes from: "
-                                   "frontend, model, GPU, live end-to-end latency, files and soak benchmarks, "
+                                   "frontend, model, GPU, live end-to-end latency, dashboard, files, soak and "
+                                   "serve (many streams) benchmarks, "
                                    "written as JSON, a Markdown table and PNG plots.")
     p.add_argument("--quick", action="store_true", help="tiny inputs: proves every part works; figures mean nothing")
-    p.add_argument("--only", metavar="PARTS", help="comma-separated parts: frontend, model, gpu, live, files, soak")
+    p.add_argument("--only", metavar="PARTS", help="comma-separated parts: frontend, model, gpu, live, dashboard, files, soak, serve")
     p.add_argument("--out", metavar="DIR", help="where to write (default: benchmarks/results, or runs/bench-quick "
                                                 "with --quick)")
     p.set_defaults(run=_cmd_bench)

@@ -19,6 +19,14 @@ from a clock. If a live source drops audio, the engine closes open events at
 the gap and starts a new stretch at the position where audio resumes, so times
 after a gap stay exact too.
 
+A caller that has the audio in its own hands (the Python API's streams, a
+server's connections) pushes blocks instead: :meth:`Engine.open`,
+:meth:`Engine.push`, :meth:`Engine.close` run the same steps without a ring or
+a thread. A server with many streams of one model pushes with ``score=False``
+and scores the windows of all of them in one network call per tick
+(:meth:`Engine.score_together`); each stream's scores, events and times are
+the same as when it is tagged alone.
+
 The engine knows nothing of screens or file formats: sinks receive
 :class:`WindowScores` and :class:`~streamtag.events.Event` objects through
 callbacks, and a dashboard on another thread reads :meth:`Engine.snapshot`.
@@ -35,12 +43,12 @@ from typing import Callable, Iterable
 import numpy as np
 import soxr
 
-from streamtag.audio import check_finite, to_mono
+from streamtag.audio import check_finite, check_stream_format, to_mono
 from streamtag.errors import NonFiniteAudioError, StreamtagError
 from streamtag.events import Decoding, Event, EventTracker, Smoother
 from streamtag.frontend import Frontend
-from streamtag.ringbuffer import RingBuffer
-from streamtag.scorer import WindowScorer
+from streamtag.ringbuffer import ArrivalMarks, RingBuffer
+from streamtag.scorer import CHUNK_FRAMES, WindowScorer
 from streamtag.sources import Source
 
 CLIP_LEVEL = 0.999  # |sample| at or above this is taken as clipped (16-bit full scale is 0.99997)
@@ -113,6 +121,41 @@ class Summary:
         return self.dropped_samples / self.sample_rate
 
 
+class ScoringBatch:
+    """The waiting windows of several streams of one model (pushed with
+    ``score=False``), taken out for one network call.
+
+    :meth:`score` may run on another thread (a server's, so that its event
+    loop goes on receiving audio meanwhile): it touches only the streams'
+    scorers, so none of these engines may be pushed to until :meth:`finish`,
+    which decodes the scores into each stream's events and callbacks on the
+    thread that pushes."""
+
+    def __init__(self, engines: list["Engine"]):
+        self.engines = [e for e in engines if e._pending_frames]
+        self._taken = [e._take_pending() for e in self.engines]
+        self._scores: list[np.ndarray] | None = None
+        self._started = 0.0
+
+    @property
+    def windows(self) -> int:
+        return sum(len(ends) for _, ends in self._taken)
+
+    def score(self) -> None:
+        self._started = time.perf_counter()
+        if self.engines:
+            self._scores = type(self.engines[0]._scorer).push_together(
+                [e._scorer for e in self.engines], [f for f, _ in self._taken], [ends for _, ends in self._taken])
+
+    def finish(self) -> int:
+        """Decode each stream's scores; the number of windows."""
+        if self.engines and self._scores is None:
+            raise RuntimeError("finish() before score()")
+        for engine, (_, ends), scores in zip(self.engines, self._taken, self._scores or ()):
+            engine._finish(ends, scores, self._started)
+        return self.windows
+
+
 class LatencyLog:
     """The last ``size`` durations of one kind, for percentiles without growth."""
 
@@ -155,12 +198,16 @@ class Engine:
     a file's windows get scored in large batches (16 s makes batches of ~170
     windows at the default model's hop, where the dense layers' matrix products
     run ~1.6x faster per window than at 4 s; live, a read is at most half the ring).
+    ``meters`` keeps what only a dashboard shows (the input's level, peak and
+    clipping, the last ``history_frames`` log-mel frames); a server's many
+    streams go without.
     """
 
     def __init__(self, model, *, hop_frames: int | None = None, thresholds=None, smooth: float | None = None,
                  hysteresis: float | None = None, min_duration=None, filter: str | None = None,
                  max_gap: float | None = None,
-                 ring_seconds: float = 10.0, read_seconds: float = 16.0, history_frames: int = 101):
+                 ring_seconds: float = 10.0, read_seconds: float = 16.0, history_frames: int = 101,
+                 meters: bool = True):
         self.model = model
         # a TaggerModel's scorer computes each frame's first layer once; anything with predict(windows) works too
         self._scorer = model.scorer() if hasattr(model, "scorer") else WindowScorer(model)
@@ -192,7 +239,9 @@ class Engine:
         # not in the first live window, where it would be the end-to-end latency's p99 for minutes; reset below
         self.ring_seconds, self.read_seconds = ring_seconds, read_seconds
         self.latency = {name: LatencyLog() for name in ("frontend", "model", "end_to_end")}
-        self._frames = np.full((history_frames, self.spec.n_mels), self.spec.floor_db, dtype=np.float32)
+        self.meters = meters
+        self._frames = np.full((history_frames if meters else 1, self.spec.n_mels), self.spec.floor_db,
+                               dtype=np.float32)
         self._lock = threading.Lock()
         self._caught_up = threading.Condition()  # notified each time the engine has dealt with all it read
         self._reads = 0
@@ -211,11 +260,9 @@ class Engine:
         truncated stream, NaN samples) does not raise: everything before it is
         tagged, open events are closed, and it is returned as ``Summary.error``.
         A source that cannot start raises. Can be called again for the next source."""
-        self._reset_run()
-        self._source, self._on_window, self._on_event = source, on_window, on_event
+        self._begin(source.name, source.sample_rate, on_window, on_event)
+        self._source = source
         rate = source.sample_rate
-        self._resampler = None if rate == self.spec.sample_rate else soxr.ResampleStream(
-            rate, self.spec.sample_rate, 1, dtype="float32", quality="VHQ")
         read = max(1, int(self.read_seconds * rate))
         if source.live:  # the ring's size bounds how far behind live audio the engine may fall; a read is half of it
             capacity = max(int(self.ring_seconds * rate), 2)
@@ -223,6 +270,7 @@ class Engine:
         else:
             capacity = 2 * read
         ring = self._ring = RingBuffer(capacity, source.channels)
+        self._arrivals = ring.arrivals
         limit = None if max_seconds is None else max(0, round(max_seconds * rate))
         block = np.empty((read, source.channels), dtype=np.float32)
         error: StreamtagError | None = None
@@ -262,7 +310,93 @@ class Engine:
             self._running = False
         self._stopped = stopped
         self._end_stretch()
-        return self._summary(time.perf_counter() - t0, error)
+        return self._summary(time.perf_counter() - t0, error, ring.dropped, source.overflows)
+
+    def open(self, sample_rate: int, channels: int = 1, name: str = "stream", on_window: OnWindow | None = None,
+             on_event: OnEvent | None = None) -> None:
+        """Start a stream whose audio the caller pushes (:meth:`push`) at
+        ``sample_rate`` Hz with ``channels`` channels; :meth:`close` ends it.
+        ``on_window`` and ``on_event`` are called from :meth:`push` as in :meth:`run`."""
+        sample_rate, channels = check_stream_format(sample_rate, channels)
+        self._begin(name, sample_rate, on_window, on_event)
+        self._channels = channels
+        self._arrivals = ArrivalMarks(64)
+        self._position = 0  # input frames pushed or skipped
+        self._dropped = 0
+        self._opened = time.perf_counter()
+        self._running = True
+
+    def push(self, block: np.ndarray, score: bool = True, arrival: float | None = None) -> None:
+        """Tag the stream's next ``block`` of samples, float ``(frames, channels)`` (or
+        ``(frames,)`` for one channel) in [-1, 1]. With ``score=False`` the
+        windows it completes wait for :meth:`score_pending` or
+        :meth:`score_together` (their events and callbacks come then).
+        ``arrival`` is the ``perf_counter()`` time the block arrived (now by
+        default), from which latency is measured. Raises
+        :class:`~streamtag.errors.NonFiniteAudioError` on a NaN or infinite
+        sample after tagging what came before it; the stream stays usable."""
+        if self._arrivals is None or self._source is not None:
+            raise StreamtagError("push() needs a stream started with open()")
+        block = np.asarray(block)
+        if block.ndim == 1 and self._channels == 1:
+            block = block[:, None]
+        if block.ndim != 2 or block.shape[1] != self._channels:
+            raise StreamtagError(f"expected a block of shape (frames, {self._channels}), got {block.shape}")
+        if not np.issubdtype(block.dtype, np.floating):
+            raise StreamtagError(f"expected float samples in [-1, 1], got {block.dtype} (decode PCM first)")
+        if not len(block):
+            return
+        self._arrivals.mark(self._position + len(block), arrival)
+        position, self._position = self._position, self._position + len(block)
+        try:
+            self._feed(block.astype(np.float32, copy=False), position, defer=not score)
+        except NonFiniteAudioError:
+            self._position = self._read_frames  # what follows the bad sample is not tagged: a gap
+            self._dropped += position + len(block) - self._read_frames
+            raise
+
+    def skip(self, frames: int) -> None:
+        """``frames`` frames of the stream were lost before the next block (a
+        client too slow to keep up, a network gap): events open now close, the
+        next block starts a new stretch at its true time, and the loss counts
+        in the summary's ``dropped_samples``."""
+        if frames < 0:
+            raise StreamtagError(f"cannot skip {frames} frames")
+        self._position += int(frames)
+        self._dropped += int(frames)
+
+    @property
+    def pending_windows(self) -> int:
+        """Windows cut but not yet scored (pushed with ``score=False``)."""
+        return sum(len(ends) for ends in self._pending_ends)
+
+    def score_pending(self) -> None:
+        """Score the windows pushed with ``score=False`` now, alone."""
+        if self._pending_frames:
+            frames, ends = self._take_pending()
+            t0 = time.perf_counter()
+            self._finish(ends, self._scorer.push(frames, ends), t0)
+
+    @staticmethod
+    def score_together(engines: list["Engine"]) -> int:
+        """Score the waiting windows of ``engines`` (streams of one model) in one
+        network call, then decode each stream's as :meth:`push` would have; the
+        number of windows scored. Each stream's scores equal those it gets alone
+        up to float rounding (about 1e-6)."""
+        batch = ScoringBatch(engines)
+        batch.score()
+        return batch.finish()
+
+    def close(self) -> Summary:
+        """End a pushed stream: score what waits, flush the resampler, close
+        open events; what the stream did."""
+        if self._arrivals is None or self._source is not None:
+            raise StreamtagError("close() needs a stream started with open()")
+        self._end_stretch()
+        self._running = False
+        summary = self._summary(time.perf_counter() - self._opened, None, self._dropped, 0)
+        self._arrivals = None
+        return summary
 
     def stop(self) -> None:
         """Ask :meth:`run` to end soon: audio already received is still tagged
@@ -285,10 +419,10 @@ class Engine:
         latency = {name: log.percentiles() for name, log in self.latency.items()}  # outside the lock the engine takes
         with self._lock:
             return Snapshot(
-                source=source.name if source else "",
+                source=self._name,
                 classes=self.classes,
                 running=self._running,
-                seconds=self._read_frames / source.sample_rate if source else 0.0,
+                seconds=self._read_frames / self._rate if self._rate else 0.0,
                 windows=self._windows,
                 scores=self._last_scores,
                 smoothed=self._last_smoothed,
@@ -298,15 +432,27 @@ class Engine:
                 clipped_samples=self._clipped,
                 frames=np.roll(self._frames, -self._frames_slot, axis=0),
                 latency=latency,
-                dropped_samples=ring.dropped if ring else 0,
+                dropped_samples=ring.dropped if ring else self._dropped,
                 overflows=source.overflows if source else 0,
                 buffer_fill=ring.fill if ring else 0.0,
             )
 
     # -- one run -------------------------------------------------------------
 
+    def _begin(self, name: str, rate: int, on_window: OnWindow | None, on_event: OnEvent | None) -> None:
+        self._reset_run()
+        self._name, self._rate = name, rate
+        self._on_window, self._on_event = on_window, on_event
+        self._resampler = None if rate == self.spec.sample_rate else soxr.ResampleStream(
+            rate, self.spec.sample_rate, 1, dtype="float32", quality="VHQ")
+
     def _reset_run(self) -> None:
         n = len(self.classes)
+        self._name, self._rate = "", 0
+        self._source, self._ring, self._arrivals = None, None, None
+        self._dropped = 0
+        self._pending_frames: list[np.ndarray] = []  # frames cut with score=False, and the windows they end
+        self._pending_ends: list[np.ndarray] = []
         self._read_frames = 0  # input frames read, i.e. the position after the newest block
         self._windows = 0
         self._events = 0
@@ -339,21 +485,24 @@ class Engine:
         if self._resampler is not None:
             self._resampler.clear()
 
-    def _feed(self, block: np.ndarray, position: int) -> None:
-        if position != self._read_frames:  # the ring dropped audio: what follows is a new stretch
+    def _feed(self, block: np.ndarray, position: int, defer: bool = False) -> None:
+        if position != self._read_frames:  # audio was dropped: what follows is a new stretch
             self._end_stretch()
             self._gaps += 1
             self._start_stretch(position)
         mono = to_mono(block)
         try:
-            check_finite(mono, offset=position, rate=self._source.sample_rate, where=self._source.name)
+            check_finite(mono, offset=position, rate=self._rate, where=self._name)
         except NonFiniteAudioError as exc:
             mono = mono[:exc.position - position]  # tag what came before the bad sample
             self._read_frames = exc.position
             self._process(mono)
+            self.score_pending()
             raise
         self._read_frames = position + len(mono)
-        self._process(mono)
+        self._process(mono, defer=defer)
+        if not self.meters:
+            return
         # the meters after the scores: live, each numpy call costs tens of us while the caches are cold
         rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) if len(mono) else 0.0
         self._level_dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
@@ -362,8 +511,9 @@ class Engine:
         self._peak_dbfs = 20 * math.log10(peak) if peak > 0 else -math.inf
         self._clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
 
-    def _process(self, mono: np.ndarray, last: bool = False) -> None:
-        """Resample, frame, cut and score the windows ``mono`` completes."""
+    def _process(self, mono: np.ndarray, last: bool = False, defer: bool = False) -> None:
+        """Resample, frame, cut and score the windows ``mono`` completes; with
+        ``defer``, keep the frames and windows for a later scoring instead."""
         t0 = time.perf_counter()
         x = mono if self._resampler is None else self._resampler.resample_chunk(mono, last=last)
         frames = self.frontend.push(x)
@@ -374,30 +524,48 @@ class Engine:
         ends = np.arange(self._next_end, self.frontend.frames_emitted, self.hop_frames)
         if len(ends):
             self._next_end = int(ends[-1]) + self.hop_frames
-        t1 = time.perf_counter()
-        scores = self._scorer.push(frames, ends)  # (len(ends), C)
-        done = time.perf_counter()
-        if len(ends):
-            self.latency["model"].add(done - t1)
-            self._score(ends, scores, done)
+        if defer or self._pending_frames:  # behind windows already waiting, never ahead of them
+            self._pending_frames.append(frames)
+            self._pending_ends.append(ends)
+            if not defer or sum(len(f) for f in self._pending_frames) > CHUNK_FRAMES:
+                self.score_pending()  # a bound on what a stream may hold back
+        else:
+            t1 = time.perf_counter()
+            self._finish(ends, self._scorer.push(frames, ends), t1)  # (len(ends), C)
+        if not self.meters:
+            return
         with self._lock:  # the dashboard's spectrogram, after the scores for the same reason as the meters
             for frame in frames[-len(self._frames):, 0]:
                 self._frames[self._frames_slot] = frame
                 self._frames_slot = (self._frames_slot + 1) % len(self._frames)
 
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray]:
+        frames, ends = self._pending_frames, self._pending_ends
+        self._pending_frames, self._pending_ends = [], []
+        return (frames[0] if len(frames) == 1 else np.concatenate(frames),
+                ends[0] if len(ends) == 1 else np.concatenate(ends))
+
+    def _finish(self, ends: np.ndarray, scores: np.ndarray, started: float) -> None:
+        """Decode the scores of the windows ending at ``ends``, scored since ``started``."""
+        done = time.perf_counter()
+        if len(ends):
+            self.latency["model"].add(done - started)
+            self._score(ends, scores, done)
+
     def _score(self, ends: np.ndarray, scores: np.ndarray, done: float) -> None:
-        spec, rate = self.spec, self._source.sample_rate
+        spec, rate = self.spec, self._rate
         t0 = self._stretch_start / rate  # input seconds where the stretch begins
         sr = spec.sample_rate
         half_hop = self.hop_seconds / 2
         stops = ends * spec.hop_length + spec.n_fft  # model-rate samples of the stretch
         last_inputs = self._stretch_start + (stops * rate + sr - 1) // sr - 1  # ceil, in integers
-        arrivals = self._ring.arrival_times(last_inputs)
+        arrivals = self._arrivals.times(last_inputs)
         firsts = stops - ((self.window_frames - 1) * spec.hop_length + spec.n_fft)
         smoothed, centres = self.smoother.push(scores, t0 + (firsts + stops) / 2 / sr)
         self.latency["end_to_end"].extend(done - arrivals)
         # summed in window order, so a clip's mean does not depend on how its windows were split into reads
-        self._score_sum = np.cumsum(np.concatenate([self._score_sum[None], scores]), axis=0)[-1]
+        self._score_sum = self._score_sum + scores[0] if len(scores) == 1 else \
+            np.cumsum(np.concatenate([self._score_sum[None], scores]), axis=0)[-1]
         with self._lock:
             self._last_scores, self._last_smoothed = scores[-1], smoothed[-1]
             changes = self.tracker.update(centres - half_hop, centres + half_hop, smoothed)
@@ -424,6 +592,7 @@ class Engine:
     def _end_stretch(self) -> None:
         """The audio of this stretch is complete: flush the resampler, score a
         clip shorter than one window as if padded with silence, close events."""
+        self.score_pending()
         if self._resampler is not None and self._read_frames > self._stretch_start:
             self._process(np.empty(0, dtype=np.float32), last=True)
         if self._stretch_windows == 0 and self._model_samples > 0:
@@ -435,11 +604,10 @@ class Engine:
             changes = self.tracker.close_all()
         self._emit(changes)
 
-    def _summary(self, wall: float, error: StreamtagError | None) -> Summary:
-        source, ring = self._source, self._ring
+    def _summary(self, wall: float, error: StreamtagError | None, dropped: int, overflows: int) -> Summary:
         return Summary(
-            source=source.name, sample_rate=source.sample_rate, seconds=self._read_frames / source.sample_rate,
-            windows=self._windows, events=self._events, dropped_samples=ring.dropped, gaps=self._gaps,
-            overflows=source.overflows, stopped=self._stopped,
+            source=self._name, sample_rate=self._rate, seconds=self._read_frames / self._rate,
+            windows=self._windows, events=self._events, dropped_samples=dropped, gaps=self._gaps,
+            overflows=overflows, stopped=self._stopped,
             clip_scores=(self._score_sum / self._windows).astype(np.float32) if self._windows else None,
             wall_seconds=wall, error=error)

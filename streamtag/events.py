@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 FILTERS = ("mean", "median")
 
@@ -126,23 +125,39 @@ class Smoother:
         the smoothed scores, float32 ``(n, C)``, and the times they describe ``(n,)``."""
         scores = np.asarray(scores, dtype=np.float64).reshape(-1, self.n_classes)
         centres = np.asarray(centres, dtype=np.float64).reshape(-1)
-        n = len(scores)
+        n, k = len(scores), self.k
         stacked = np.concatenate([self._scores, scores])
         times = np.concatenate([self._centres, centres])
-        total, time_total = stacked[:n].copy(), times[:n].copy()
-        for lag in range(1, self.k):
-            total += stacked[lag:lag + n]
+        time_total = times[:n].copy()
+        for lag in range(1, k):
             time_total += times[lag:lag + n]
-        count = np.minimum(self._seen + 1 + np.arange(n), self.k)
-        if self.kind == "median" and self.k > 1:
-            before = self.k - 1 - min(self._seen, self.k - 1)  # placeholder rows before the stream's start
-            valid = np.where(np.arange(len(stacked))[:, None] >= before, stacked, np.nan)
-            smoothed = np.nanmedian(sliding_window_view(valid, self.k, axis=0)[:n], axis=-1)
+        count = np.minimum(self._seen + 1 + np.arange(n), k)
+        if self.kind == "median" and k > 1:
+            # each window's rows (n, k, C), then the median of its real ones (the last `count`: placeholders
+            # precede the stream's start) as np.median computes it: the middle value, or the mean of the
+            # middle two. Sorting these few values directly is 5-20x faster than np.median (nanmedian) here.
+            rows, width = stacked.strides
+            windows = np.lib.stride_tricks.as_strided(stacked, (n, k, self.n_classes), (rows, rows, width),
+                                                      writeable=False)
+            if count[0] == k:
+                smoothed = _middle(np.sort(windows, axis=1), k)
+            else:
+                smoothed = np.stack([_middle(np.sort(w[k - c:], axis=0)[None], c)[0]
+                                     for w, c in zip(windows, count.tolist())])
         else:
+            total = stacked[:n].copy()
+            for lag in range(1, k):
+                total += stacked[lag:lag + n]
             smoothed = total / count[:, None]
         self._scores, self._centres = stacked[n:], times[n:]
         self._seen += n
         return smoothed.astype(np.float32), time_total / count
+
+
+def _middle(ordered: np.ndarray, count: int) -> np.ndarray:
+    """The median of ``count`` values sorted along axis 1."""
+    half = count // 2
+    return ordered[:, half] if count % 2 else (ordered[:, half - 1] + ordered[:, half]) / 2
 
 
 class EventTracker:

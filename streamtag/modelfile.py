@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import streamtag
@@ -235,64 +234,94 @@ class StemScorer(WindowScorer):
     rounding; in practice bit for bit) while each window costs only
     ``classify_pooled``: live at a hop of one frame, one new column per window
     instead of all of them (a 41-frame window has 36), and for files no column
-    is computed or pooled twice across the engine's reads. Between calls it
-    keeps the last 5 frames and the last window's columns but one.
+    is computed twice across the engine's reads. Between calls it keeps the
+    last 5 frames and the last window's columns but one, max-pooled over the
+    stem's rows, as a numpy array: the work per stream between the network's
+    calls is a few numpy operations of about a microsecond each, where torch's
+    cost 5-10 (a server scoring hundreds of streams per tick does it per stream).
     """
 
     def __init__(self, model: TaggerModel):
         super().__init__(model)
         self.keep_frames = CONV1_FRAMES - 1
         self._width = self.window_frames - CONV1_FRAMES + 1  # stem columns per window
-        # stem columns from a window's first pooled column to its last
-        self._reach = (self._width // POOL1_COLUMNS - 1) * POOL1_COLUMNS + 1
+        self._pooled = self._width // POOL1_COLUMNS  # pooled columns per window
         self._module, self._device = model.module, model.device
 
     def reset(self) -> None:
         super().reset()
-        self._columns = None  # (80, 1, k): the stem of frames frames_seen - 5 - k .. frames_seen - 6, rows pooled
+        self._columns = None  # (80, k): the stem of frames frames_seen - 5 - k .. frames_seen - 6, rows pooled
 
     def _push(self, piece: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        if not np.isfinite(piece).all():
-            raise ModelError("frames hold NaN or infinite values")
-        span = self._extend(piece)
+        return self._push_many([self], [piece], [ends])[0]
+
+    @staticmethod
+    def _push_many(scorers: list, pieces: list[np.ndarray], ends: list[np.ndarray]) -> list[np.ndarray]:
+        """Each scorer's new stem columns from one stem call over all their frames (each stream's span
+        padded to the longest; the columns the padding reaches are dropped, as a column depends on its 6
+        frames only), then every stream's windows in one ``classify_pooled`` call per ``BATCH``."""
+        first = scorers[0]
+        module, device = first._module, first._device
+        for piece in pieces:
+            if not np.isfinite(piece).all():
+                raise ModelError("frames hold NaN or infinite values")
+        spans = [s._extend(p) for s, p in zip(scorers, pieces)]
         with torch.inference_mode():
-            if len(span) >= CONV1_FRAMES:
-                stretch = torch.from_numpy(np.ascontiguousarray(span.transpose(1, 2, 0)))[None]
-                if self._device != "cpu":
-                    stretch = stretch.to(self._device)
+            grow = [i for i, span in enumerate(spans) if len(span) >= CONV1_FRAMES]
+            if grow:
+                longest = max(len(spans[i]) for i in grow)
+                if len(grow) == 1:
+                    batch = np.ascontiguousarray(spans[grow[0]].transpose(1, 2, 0))[None]
+                else:
+                    batch = np.zeros((len(grow), 2, first.n_mels, longest), dtype=np.float32)
+                    for row, i in enumerate(grow):
+                        batch[row, :, :, :len(spans[i])] = spans[i].transpose(1, 2, 0)
+                stretch = torch.from_numpy(batch)
+                if device != "cpu":
+                    stretch = stretch.to(device)
                 # the first pooling's max over the stem's 4 rows, the same for every window holding the column:
                 # taken once here, it shrinks what is kept fourfold
-                new = self._module.stem(stretch)[0].amax(dim=1, keepdim=True)
-                self._columns = new if self._columns is None else torch.cat([self._columns, new], dim=2)
-            out = np.empty((len(ends), self.n_classes), dtype=np.float32)
-            if len(ends):
-                # ...and its max over each 3 columns, at every column: window column s + 3j reads pooled[s + 3j]
-                # (max_pool1d: 5.6 us for a live window's 40 columns, where unfold and amax took 27)
-                pooled = F.max_pool1d(self._columns, POOL1_COLUMNS, 1)
-                # the column of frame f sits at f - first; a window ending at frame e starts at e - window + 1
-                first = self.frames_seen + len(piece) - (CONV1_FRAMES - 1) - self._columns.shape[2]
-                starts = ends - (self.window_frames - 1) - first
-                for i in range(0, len(ends), BATCH):
-                    scores = self._module.classify_pooled(self._windows(pooled, starts[i:i + BATCH]))
-                    out[i:i + BATCH] = (scores if self._device == "cpu" else scores.float().cpu()).numpy()
-        if self._columns is not None:
-            self._columns = self._columns[:, :, -(self._width - 1):]  # what a later window can still need
-        return out
+                new = module.stem(stretch).amax(dim=2)
+                new = (new if device == "cpu" else new.float().cpu()).numpy()
+                for row, i in enumerate(grow):
+                    scorers[i]._add_columns(new[row, :, :len(spans[i]) - CONV1_FRAMES + 1])
+            windows = [s._pooled_windows(len(p), e) for s, p, e in zip(scorers, pieces, ends)]
+            sizes = [len(w) for w in windows]
+            out = np.empty((sum(sizes), first.n_classes), dtype=np.float32)
+            if len(out):
+                held = [w for w in windows if len(w)]
+                together = torch.from_numpy(held[0] if len(held) == 1 else np.concatenate(held))[:, :, None]
+                if device != "cpu":
+                    together = together.to(device)
+                for i in range(0, len(out), BATCH):
+                    scores = module.classify_pooled(together[i:i + BATCH])
+                    out[i:i + BATCH] = (scores if device == "cpu" else scores.float().cpu()).numpy()
+        for scorer in scorers:
+            scorer._trim()
+        return np.split(out, np.cumsum(sizes)[:-1])
 
-    def _windows(self, pooled: torch.Tensor, starts: np.ndarray) -> torch.Tensor:
-        """Each window's every third pooled column from ``starts`` (increasing), ``(n, 80, 1, width // 3)``:
-        a strided view when evenly spaced, as the engine asks for them. One window (live, at a hop of a frame)
-        is a plain slice: each tensor operation costs 5-10 us warm and far more when the caches are cold
-        between live blocks."""
+    def _add_columns(self, new: np.ndarray) -> None:
+        self._columns = new if self._columns is None else np.concatenate([self._columns, new], axis=1)
+
+    def _pooled_windows(self, new: int, ends: np.ndarray) -> np.ndarray:
+        """``(n, 80, width // 3)``: the windows ending at ``ends`` after a piece of ``new`` frames,
+        each column the max of 3 stem columns (the first pooling: exact, so equal to the network's)."""
+        if not len(ends):
+            return np.empty((0, 0, self._pooled), dtype=np.float32)
+        # the column of frame f sits at f - first; a window ending at frame e starts at e - window + 1
+        first = self.frames_seen + new - (CONV1_FRAMES - 1) - self._columns.shape[1]
+        starts = ends - (self.window_frames - 1) - first
+        span = POOL1_COLUMNS * self._pooled
         if len(starts) == 1:
-            first = int(starts[0])
-            return pooled[:, :, first:first + self._reach:POOL1_COLUMNS][None]
-        step = int(starts[1] - starts[0])
-        if (np.diff(starts) == step).all():
-            reach = pooled[:, :, int(starts[0]):].unfold(2, self._reach, step)[:, :, :len(starts)]
-        else:
-            reach = pooled.unfold(2, self._reach, 1)[:, :, torch.from_numpy(starts).to(self._device)]
-        return reach[..., ::POOL1_COLUMNS].permute(2, 0, 1, 3)
+            s = int(starts[0])
+            return self._columns[:, s:s + span].reshape(-1, self._pooled, POOL1_COLUMNS).max(axis=2)[None]
+        view = np.lib.stride_tricks.sliding_window_view(self._columns, span, axis=1)[:, starts]  # (80, n, span)
+        pooled = view.reshape(view.shape[0], len(starts), self._pooled, POOL1_COLUMNS).max(axis=3)
+        return np.ascontiguousarray(pooled.transpose(1, 0, 2))
+
+    def _trim(self) -> None:
+        if self._columns is not None:
+            self._columns = self._columns[:, -(self._width - 1):]  # what a later window can still need
 
 
 def _for_inference(module: torch.jit.ScriptModule, device: str) -> torch.jit.ScriptModule:

@@ -29,7 +29,38 @@ import time
 
 import numpy as np
 
-_MARKS = 1024  # how many recent writes remember their arrival time
+class ArrivalMarks:
+    """When each of the last ``size`` writes of a stream landed, to tell a
+    frame's arrival time from its position: the engine's latency is measured
+    from the arrival of a window's last sample. Fixed size: no growth however
+    long the stream."""
+
+    def __init__(self, size: int = 1024):
+        self._end = np.zeros(size, dtype=np.int64)  # stream position after each recent write...
+        self._time = np.zeros(size, dtype=np.float64)  # ...and the perf_counter() when it landed
+        self._count = 0
+
+    def mark(self, end: int, when: float | None = None) -> None:
+        """Frames up to position ``end`` (exclusive) landed at ``when`` (now by default)."""
+        slot = self._count % len(self._end)
+        self._end[slot] = end
+        self._time[slot] = time.perf_counter() if when is None else when
+        self._count += 1
+
+    def times(self, positions) -> np.ndarray:
+        """``perf_counter()`` times at which the frames at ``positions`` were
+        written: each that of the write that brought it, or of the oldest
+        remembered write if that one is forgotten, or of the newest if the
+        frame has not arrived yet."""
+        positions = np.asarray(positions, dtype=np.int64)
+        size, marks = len(self._end), self._count
+        count = min(marks, size)
+        if count == 0:
+            return np.full(positions.shape, time.perf_counter())
+        order = (np.arange(count) + (marks % size if marks > size else 0)) % size  # oldest write first
+        ends = self._end[order]  # ascending: each write ends where the next begins
+        first_after = np.searchsorted(ends, positions, side="right")  # the write whose frames hold position
+        return self._time[order[np.minimum(first_after, count - 1)]]
 
 
 class RingBuffer:
@@ -48,9 +79,7 @@ class RingBuffer:
         self._written = 0  # producer: frames completely written
         self._read = 0  # consumer: frames read or skipped
         self.dropped = 0  # consumer: frames overwritten before they could be read
-        self._mark_end = np.zeros(_MARKS, dtype=np.int64)  # stream position after each recent write...
-        self._mark_time = np.zeros(_MARKS, dtype=np.float64)  # ...and the perf_counter() when it landed
-        self._marks = 0
+        self.arrivals = ArrivalMarks()
         self._closed = False
         self._cancelled = False
         self.error: BaseException | None = None
@@ -118,10 +147,7 @@ class RingBuffer:
         if first < n:
             self._buf[:n - first] = block[first:]
         self._written = end
-        slot = self._marks % _MARKS
-        self._mark_end[slot] = end
-        self._mark_time[slot] = time.perf_counter()
-        self._marks += 1
+        self.arrivals.mark(end)
 
     # -- consumer side -------------------------------------------------------
 
@@ -185,16 +211,5 @@ class RingBuffer:
         return min(self._written - self._read, self.capacity) / self.capacity
 
     def arrival_times(self, positions) -> np.ndarray:
-        """``perf_counter()`` times at which the frames at ``positions`` were
-        written: each that of the write that brought it, or of the oldest
-        remembered write if that one is forgotten, or of the newest if the
-        frame has not arrived yet."""
-        positions = np.asarray(positions, dtype=np.int64)
-        marks = self._marks
-        count = min(marks, _MARKS)
-        if count == 0:
-            return np.full(positions.shape, time.perf_counter())
-        order = (np.arange(count) + (marks % _MARKS if marks > _MARKS else 0)) % _MARKS  # oldest write first
-        ends = self._mark_end[order]  # ascending: each write ends where the next begins
-        first_after = np.searchsorted(ends, positions, side="right")  # the write whose frames hold position
-        return self._mark_time[order[np.minimum(first_after, count - 1)]]
+        """When the frames at ``positions`` were written (:meth:`ArrivalMarks.times`)."""
+        return self.arrivals.times(positions)

@@ -46,16 +46,7 @@ class WindowScorer:
         Every window asked for must end among the frames of this call (a window
         is scored when its last frame arrives), and ``ends`` must increase.
         """
-        frames = np.asarray(frames)
-        ends = np.asarray(ends, dtype=np.int64)
-        if frames.ndim != 3 or frames.shape[1:] != (2, self.n_mels):
-            raise ModelError(f"expected frames of shape (n, 2, {self.n_mels}), got {frames.shape}")
-        stop = self.frames_seen + len(frames)
-        if ends.ndim != 1 or (len(ends) and (
-                ends[0] < max(self.frames_seen, self.window_frames - 1) or ends[-1] >= stop
-                or (len(ends) > 1 and (np.diff(ends) <= 0).any()))):
-            raise ModelError(f"window ends must increase and lie among this call's frames "
-                             f"({self.frames_seen}..{stop - 1}) at or after frame {self.window_frames - 1}")
+        frames, ends = self._check(frames, ends)
         out = np.empty((len(ends), self.n_classes), dtype=np.float32)
         done = 0
         for i in range(0, len(frames), CHUNK_FRAMES):
@@ -66,6 +57,45 @@ class WindowScorer:
             done = last
         return out
 
+    @classmethod
+    def push_together(cls, scorers: list, frames: list, ends: list) -> list[np.ndarray]:
+        """:meth:`push` for several streams of one model at once (a server's
+        streams, each with its own scorer): each scorer takes its own frames and
+        returns its own windows' scores, but the network runs once for them all,
+        where it is cheapest per window. Each stream's frames here are at most
+        ``CHUNK_FRAMES``, which bounds the call's memory. The scores equal each
+        scorer's own :meth:`push` up to float rounding (about 1e-6: a matrix
+        product's sums may be ordered differently in a batch of another size)."""
+        checked = [s._check(f, e) for s, f, e in zip(scorers, frames, ends, strict=True)]
+        if any(len(f) > CHUNK_FRAMES for f, _ in checked):
+            raise ModelError(f"push_together takes at most {CHUNK_FRAMES} frames per stream; push() takes more")
+        scores = cls._push_many(scorers, [np.ascontiguousarray(f, dtype=np.float32) for f, _ in checked],
+                                [e for _, e in checked])
+        for scorer, (f, _) in zip(scorers, checked):
+            scorer.frames_seen += len(f)
+        return scores
+
+    @staticmethod
+    def _push_many(scorers: list, pieces: list[np.ndarray], ends: list[np.ndarray]) -> list[np.ndarray]:
+        windows = [s._windows_of(s._extend(p), len(p), e) for s, p, e in zip(scorers, pieces, ends)]
+        sizes = np.cumsum([len(w) for w in windows])[:-1]
+        if not sizes.size:
+            return []
+        return np.split(scorers[0].model.predict(np.concatenate(windows)), sizes)
+
+    def _check(self, frames: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        frames = np.asarray(frames)
+        ends = np.asarray(ends, dtype=np.int64)
+        if frames.ndim != 3 or frames.shape[1:] != (2, self.n_mels):
+            raise ModelError(f"expected frames of shape (n, 2, {self.n_mels}), got {frames.shape}")
+        stop = self.frames_seen + len(frames)
+        if ends.ndim != 1 or (len(ends) and (
+                ends[0] < max(self.frames_seen, self.window_frames - 1) or ends[-1] >= stop
+                or (len(ends) > 1 and (np.diff(ends) <= 0).any()))):
+            raise ModelError(f"window ends must increase and lie among this call's frames "
+                             f"({self.frames_seen}..{stop - 1}) at or after frame {self.window_frames - 1}")
+        return frames, ends
+
     def _extend(self, piece: np.ndarray) -> np.ndarray:
         """The kept frames followed by ``piece``; the newest ``keep_frames`` of them are kept for the next call."""
         span = np.concatenate([self._tail, piece]) if len(self._tail) else piece
@@ -74,9 +104,13 @@ class WindowScorer:
 
     def _push(self, piece: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Take ``piece``, the next frames; score the windows ending at ``ends``, all among them."""
-        span = self._extend(piece)
-        base = self.frames_seen + len(piece) - len(span)  # stream index of span[0]
+        windows = self._windows_of(self._extend(piece), len(piece), ends)
+        return self.model.predict(windows) if len(ends) else np.empty((0, self.n_classes), dtype=np.float32)
+
+    def _windows_of(self, span: np.ndarray, new: int, ends: np.ndarray) -> np.ndarray:
+        """The windows ending at ``ends`` cut from ``span``, whose last ``new`` frames have just arrived."""
+        base = self.frames_seen + new - len(span)  # stream index of span[0]
         if not len(ends):
-            return np.empty((0, self.n_classes), dtype=np.float32)
+            return np.empty((0, 2, self.n_mels, self.window_frames), dtype=np.float32)
         view = np.lib.stride_tricks.sliding_window_view(span, self.window_frames, axis=0)
-        return self.model.predict(np.ascontiguousarray(view[ends - (self.window_frames - 1) - base]))
+        return np.ascontiguousarray(view[ends - (self.window_frames - 1) - base])

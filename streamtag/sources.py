@@ -19,6 +19,7 @@ everything that arrived and then reports the error.
 
 from __future__ import annotations
 
+import io
 import struct
 import threading
 import time
@@ -28,7 +29,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import soundfile as sf
 
-from streamtag.audio import check_complete, open_audio
+from streamtag.audio import check_complete, check_stream_format, open_audio
 from streamtag.errors import (
     DeviceError,
     EmptyAudioError,
@@ -228,6 +229,13 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
+def sample_width(sample_type: str) -> int:
+    """Bytes per sample of a PCM sample type ("u8", "s16", "s24", "s32", "f32", "f64")."""
+    if sample_type not in _WIDTH:
+        raise UnsupportedAudioError(f"unsupported sample type {sample_type!r}; use one of {', '.join(_WIDTH)}")
+    return _WIDTH[sample_type]
+
+
 def decode_pcm(raw: bytes, sample_type: str, channels: int) -> np.ndarray:
     """Little-endian PCM bytes (whole frames) as float32 ``(frames, channels)``,
     scaled as libsndfile scales them, so a pipe and a file give identical samples."""
@@ -245,6 +253,54 @@ def decode_pcm(raw: bytes, sample_type: str, channels: int) -> np.ndarray:
     else:
         x = x.astype(np.float32)
     return x.reshape(len(raw) // (width * channels), channels)
+
+
+class PcmDecoder:
+    """A byte stream that arrives in pieces of any size (a socket's messages, a
+    caller's pushes) as float32 ``(frames, channels)`` blocks: raw PCM of a
+    declared sample type, or, with ``sample_type=None``, a WAV stream whose
+    header comes first (its rate, channels and sample type are then known once
+    :meth:`decode` has returned a block). A sample frame may straddle two pieces."""
+
+    def __init__(self, sample_type: str | None = None, channels: int = 1, name: str = "stream",
+                 max_header: int = 1 << 16):
+        if sample_type is not None:
+            sample_width(sample_type)  # checks it
+        self.sample_type, self.channels, self.name = sample_type, channels, name
+        self.sample_rate: int | None = None  # from a WAV header
+        self.max_header = max_header
+        self._pending = b""
+        self._left: int | None = None  # bytes of samples a WAV header declared, still to come
+
+    def decode(self, data: bytes) -> np.ndarray | None:
+        """The whole frames ``data`` completes; None while a WAV header is incomplete."""
+        data = self._pending + bytes(data)
+        if self.sample_type is None:
+            head = io.BytesIO(data)
+            try:
+                rate, channels, sample_type, self._left = read_wav_header(head, self.name)
+            except TruncatedAudioError:
+                if len(data) > self.max_header:
+                    raise NotAudioError(f"{self.name}: no complete WAV header within {self.max_header} bytes") \
+                        from None
+                self._pending = data  # the rest of the header is still to come
+                return None
+            self.sample_rate, self.channels, self.sample_type = rate, channels, sample_type
+            data = data[head.tell():]
+        if self._left is not None:
+            data = data[:self._left]  # what follows the samples (metadata chunks) is not audio
+            self._left -= len(data)
+        frame = _WIDTH[self.sample_type] * self.channels
+        whole = len(data) - len(data) % frame
+        self._pending = data[whole:]
+        return decode_pcm(data[:whole], self.sample_type, self.channels)
+
+    def finish(self) -> None:
+        """The stream has ended: raise if it ended inside a sample frame or a WAV header."""
+        if self._pending:
+            where = "a sample frame" if self.sample_type is not None else "its WAV header"
+            raise TruncatedAudioError(f"{self.name}: the stream ended inside {where} "
+                                      f"({len(self._pending)} bytes left over)")
 
 
 class _ByteStreamSource(_Reader):
@@ -289,10 +345,7 @@ class RawSource(_ByteStreamSource):
         if sample_type not in RAW_TYPES:
             raise UnsupportedAudioError(f"unsupported raw sample type {sample_type!r}; use one of "
                                         f"{', '.join(RAW_TYPES)}")
-        if not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 768000:
-            raise StreamtagError(f"raw sample rate must be an integer from 1000 to 768000 Hz, got {sample_rate!r}")
-        if not isinstance(channels, int) or not 1 <= channels <= 64:
-            raise StreamtagError(f"raw channel count must be an integer from 1 to 64, got {channels!r}")
+        check_stream_format(sample_rate, channels, "raw ")
         super().__init__(stream, name, sample_rate, channels, sample_type)
 
 
@@ -302,55 +355,63 @@ class WavStreamSource(_ByteStreamSource):
     is a placeholder. The header is parsed here, so a bad one fails at once."""
 
     def __init__(self, stream: BinaryIO, name: str = "stdin"):
-        fmt, limit = self._parse_header(stream, name)
-        tag, channels, rate, bits = fmt
-        super().__init__(stream, name, rate, channels, self._sample_type(name, tag, bits), limit)
+        rate, channels, sample_type, limit = read_wav_header(stream, name)
+        super().__init__(stream, name, rate, channels, sample_type, limit)
 
-    @staticmethod
-    def _parse_header(stream: BinaryIO, name: str) -> tuple[tuple[int, int, int, int], int | None]:
-        read = 0
 
-        def take(n: int, what: str) -> bytes:
-            nonlocal read
-            data = _read_exact(stream, n)
-            read += len(data)
-            if len(data) < n:
-                if read == 0:
-                    raise EmptyAudioError(f"{name}: the stream is empty")
-                raise TruncatedAudioError(f"{name}: truncated: the stream ended inside the WAV header "
-                                          f"({what}) after {read} bytes")
-            return data
+def read_wav_header(stream: BinaryIO, name: str) -> tuple[int, int, str, int | None]:
+    """Read a WAV stream's header up to its samples: (rate, channels, sample type,
+    bytes of samples declared or None when the size is a streaming placeholder).
+    Raises a one-line AudioError for anything else; TruncatedAudioError if the
+    stream ends inside the header."""
+    (tag, channels, rate, bits), limit = _parse_wav_header(stream, name)
+    return rate, channels, _wav_sample_type(name, tag, bits), limit
 
-        head = take(12, "RIFF header")
-        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            raise NotAudioError(f"{name}: not a WAV stream (it starts with {head[:4]!r}); "
-                                "for headerless PCM use --raw with --rate, --channels and --sample-type")
-        fmt = None
-        while True:
-            chunk_id, size = struct.unpack("<4sI", take(8, "chunk header"))
-            if chunk_id == b"data":
-                if fmt is None:
-                    raise NotAudioError(f"{name}: WAV stream has its data before its 'fmt ' chunk")
-                return fmt, None if size == 0 or size >= _STREAMED_WAV_SIZE else size
-            body = take(size + (size & 1), f"{chunk_id.decode('latin-1')!r} chunk")
-            if chunk_id == b"fmt ":
-                if size < 16:
-                    raise NotAudioError(f"{name}: WAV 'fmt ' chunk is only {size} bytes")
-                tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
-                if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag opens the subformat GUID
-                    tag = struct.unpack("<H", body[24:26])[0]
-                if channels < 1 or rate < 1:
-                    raise NotAudioError(f"{name}: WAV header gives {channels} channels at {rate} Hz")
-                fmt = (tag, channels, rate, bits)
 
-    @staticmethod
-    def _sample_type(name: str, tag: int, bits: int) -> str:
-        types = {(1, 8): "u8", (1, 16): "s16", (1, 24): "s24", (1, 32): "s32", (3, 32): "f32", (3, 64): "f64"}
-        if (tag, bits) not in types:
-            kind = {1: "integer PCM", 3: "float", 2: "ADPCM", 6: "A-law", 7: "mu-law"}.get(tag, f"format tag {tag:#x}")
-            raise UnsupportedAudioError(f"{name}: unsupported WAV sample type: {bits}-bit {kind}; "
-                                        "streamtag reads 8/16/24/32-bit integer and 32/64-bit float PCM")
-        return types[(tag, bits)]
+def _parse_wav_header(stream: BinaryIO, name: str) -> tuple[tuple[int, int, int, int], int | None]:
+    read = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal read
+        data = _read_exact(stream, n)
+        read += len(data)
+        if len(data) < n:
+            if read == 0:
+                raise EmptyAudioError(f"{name}: the stream is empty")
+            raise TruncatedAudioError(f"{name}: truncated: the stream ended inside the WAV header "
+                                      f"({what}) after {read} bytes")
+        return data
+
+    head = take(12, "RIFF header")
+    if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        raise NotAudioError(f"{name}: not a WAV stream (it starts with {head[:4]!r}); "
+                            "for headerless PCM use --raw with --rate, --channels and --sample-type")
+    fmt = None
+    while True:
+        chunk_id, size = struct.unpack("<4sI", take(8, "chunk header"))
+        if chunk_id == b"data":
+            if fmt is None:
+                raise NotAudioError(f"{name}: WAV stream has its data before its 'fmt ' chunk")
+            return fmt, None if size == 0 or size >= _STREAMED_WAV_SIZE else size
+        body = take(size + (size & 1), f"{chunk_id.decode('latin-1')!r} chunk")
+        if chunk_id == b"fmt ":
+            if size < 16:
+                raise NotAudioError(f"{name}: WAV 'fmt ' chunk is only {size} bytes")
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+            if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag opens the subformat GUID
+                tag = struct.unpack("<H", body[24:26])[0]
+            if channels < 1 or rate < 1:
+                raise NotAudioError(f"{name}: WAV header gives {channels} channels at {rate} Hz")
+            fmt = (tag, channels, rate, bits)
+
+
+def _wav_sample_type(name: str, tag: int, bits: int) -> str:
+    types = {(1, 8): "u8", (1, 16): "s16", (1, 24): "s24", (1, 32): "s32", (3, 32): "f32", (3, 64): "f64"}
+    if (tag, bits) not in types:
+        kind = {1: "integer PCM", 3: "float", 2: "ADPCM", 6: "A-law", 7: "mu-law"}.get(tag, f"format tag {tag:#x}")
+        raise UnsupportedAudioError(f"{name}: unsupported WAV sample type: {bits}-bit {kind}; "
+                                    "streamtag reads 8/16/24/32-bit integer and 32/64-bit float PCM")
+    return types[(tag, bits)]
 
 
 # -- microphones ---------------------------------------------------------------

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from streamtag.engine import Engine, Summary
+from streamtag.client import RemoteSession
+from streamtag.engine import Summary
 from streamtag.errors import StreamtagError
 from streamtag.sinks import AudacitySink, CsvSink, DcaseSink, JsonLinesSink, Sink, TextSink
 from streamtag.sources import FileSource, MicrophoneSource, RawSource, Source, WavStreamSource, list_devices
@@ -119,11 +120,11 @@ def _make_sink(fmt: str, stream, classes: list[str], args: argparse.Namespace, n
 
 class Interrupts:
     """Ctrl-C (SIGINT) or SIGTERM while an input is tagged: the first stops the
-    engine cleanly, a second raises KeyboardInterrupt."""
+    engine (or the remote session) cleanly, a second raises KeyboardInterrupt."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine):
         self.engine, self.hit = engine, False
 
     def _handle(self, signum, frame) -> None:
@@ -171,22 +172,41 @@ def quiet_stdout() -> None:
     os.close(devnull)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The ``tag`` subcommand; returns the exit code."""
-    plan = plan_inputs(args, sys.stdin.isatty())
-    fmt = _format(args)
-    _check_format(fmt, args, len(plan))
+def _local_tagger(args: argparse.Namespace):
     import torch
 
-    from streamtag.modelfile import load_model
+    from streamtag.tagger import Tagger
 
     if args.threads is not None and args.threads < 1:
         raise StreamtagError(f"--threads must be at least 1, got {args.threads}")
     if args.threads is not None or args.mic is not None:  # else torch's default: one thread per core
         torch.set_num_threads(args.threads or 1)
-    model = load_model(args.model, int8=args.int8)
-    engine = Engine(model, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
-                    hysteresis=args.hysteresis, min_duration=args.min_duration, filter=args.filter)
+    return Tagger(args.model, int8=args.int8, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
+                  hysteresis=args.hysteresis, min_duration=args.min_duration, filter=args.filter)
+
+
+def _check_remote(args: argparse.Namespace) -> None:
+    """With --server the model and its decoding are the server's."""
+    local = [name for name, value in (("--model", args.model), ("--int8", args.int8 or None), ("--hop", args.hop),
+                                      ("--threshold", args.threshold), ("--smooth", args.smooth),
+                                      ("--hysteresis", args.hysteresis), ("--filter", args.filter),
+                                      ("--min-duration", args.min_duration), ("--threads", args.threads))
+             if value is not None]
+    if local:
+        raise StreamtagError(f"{', '.join(local)} set the local model; with --server the server's model and "
+                             "decoding are used")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``tag`` subcommand; returns the exit code."""
+    plan = plan_inputs(args, sys.stdin.isatty())
+    fmt = _format(args)
+    _check_format(fmt, args, len(plan))
+    if args.server:
+        _check_remote(args)
+        tagger = None
+    else:
+        tagger = _local_tagger(args)
     try:
         stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     except OSError as exc:
@@ -200,20 +220,26 @@ def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:  # one unwrapped line on standard error, above the progress bar if there is one
         err.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    interrupts = Interrupts(engine)
     summaries: list[Summary] = []
     failed = 0
+    sink: Sink | None = None
+    interrupted = False
+
+    def make_sink(classes: list[str]) -> None:
+        nonlocal sink
+        if sink is None:
+            sink = _make_sink(fmt, stream, classes, args, len(plan))
+
     try:
         with progress, contextlib.closing(stream) if args.output else contextlib.nullcontext():
-            sink = _make_sink(fmt, stream, model.classes, args, len(plan))
             task = progress.add_task("tagging", total=len(plan))
             for i, (name, open_source) in enumerate(plan):
-                if interrupts.hit:
+                if interrupted:
                     break
                 progress.update(task, description=Path(name).name, completed=i)
                 try:
                     source = open_source()
-                    sink.begin(source.name)
+                    tagging = RemoteSession(args.server) if args.server else tagger.engine()
                     duration = source.frames / source.sample_rate if source.frames else None
 
                     def on_window(window, i=i, duration=duration):
@@ -221,10 +247,21 @@ def run(args: argparse.Namespace) -> int:
                         if duration:
                             progress.update(task, completed=i + min(window.end / duration, 1.0))
 
+                    def on_ready(classes, name=source.name):
+                        make_sink(classes)
+                        sink.begin(name)
+
+                    if tagger is not None:
+                        on_ready(tagger.classes)
+                    wants_windows = show_progress or (sink.wants_windows if sink else bool(args.frames))
+                    interrupts = Interrupts(tagging)
                     with interrupts.armed():
-                        summary = engine.run(source, on_window=on_window if show_progress or sink.wants_windows else None,
-                                             on_event=None if args.clip else sink.event,
-                                             max_seconds=args.duration)
+                        options = dict(on_window=on_window if wants_windows else None,
+                                       on_event=None if args.clip else (lambda kind, event: sink.event(kind, event)),
+                                       max_seconds=args.duration)
+                        summary = tagging.run(source, on_ready=on_ready, **options) if args.server \
+                            else tagging.run(source, **options)
+                    interrupted = interrupts.hit
                 except StreamtagError as exc:
                     say(f"streamtag: error: {exc}")
                     failed += 1
@@ -239,8 +276,8 @@ def run(args: argparse.Namespace) -> int:
         quiet_stdout()
         return EXIT_OK
     if not args.quiet and summaries:
-        say(f"streamtag: {summary_line(summaries, interrupts.hit)}")
-    if interrupts.hit:
+        say(f"streamtag: {summary_line(summaries, interrupted)}")
+    if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_ERROR if failed else EXIT_OK
 

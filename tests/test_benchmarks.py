@@ -59,7 +59,24 @@ def test_every_part_records_its_machine_and_figures(quick):
         for name in record["plots"]:
             assert (folder / name).read_bytes().startswith(PNG)
             assert f"]({name})" in text
-    assert {"live_latency.png", "soak_memory.png"} <= {n for r in records.values() for n in r["plots"]}
+    assert {"live_latency.png", "soak_memory.png", "serve_latency.png"} <= \
+        {n for r in records.values() for n in r["plots"]}
+
+
+def test_serve_measures_every_step_on_live_streams_beside_a_process_per_stream(quick):
+    serve = quick[1]["serve"]["figures"]
+    assert [s["streams"] for s in serve["steps"]][:1] == [2]
+    for step in serve["steps"]:
+        # two seconds of 2-4 live sensors: every one completed, nothing dropped, windows scored at their rate
+        assert step["sensors_failed"] == 0 and step["server_dropped_samples"] == 0
+        expected = step["streams"] * 22050 / 512 / serve["hop_frames"]  # windows per second of live audio
+        assert 0.5 * expected < step["windows_per_s"] < 1.5 * expected
+        assert 0 < step["p50_ms"] <= step["p99_ms"] and step["server_cpu"] > 0 and step["mb_per_stream"] > 0
+        assert step["held"] == (step["p99_ms"] <= 100 and step["sensors_late"] == 0)
+    assert serve["max_streams"] == max([s["streams"] for s in serve["steps"] if s["held"]], default=0)
+    base = serve["baseline"]
+    assert base["processes"] == 2 and base["mb_per_stream"] > 100 and base["cpu_per_stream"] > 0
+    assert base["streams"] == int(min(base["streams_by_cpu"], base["streams_by_memory"]))
 
 
 def test_live_runs_score_every_window_and_report_ordered_latencies(quick):
