@@ -62,8 +62,8 @@ TARGETS = (
      " (import torch and load the frontend kernel, nothing else: {floor_mb:.0f} MB)"),
     ("soak", "live memory growth over the soak", "growth_mb", "<=", FLAT_MB, "{:+.1f} MB",
      " over {audio_seconds:.0f} s of audio"),
-    ("serve", "concurrent live streams in one streamtag serve, p99 <= 100 ms, no drops", "max_streams", ">=", 300,
-     "{:d}", " on {device} (a process per stream: {baseline[streams]})"),
+    ("serve", "concurrent live streams, streamtag serve, p99 <= 100 ms, no drops", "max_streams", ">=", 300,
+     "{:d}", " on {device}, {workers} workers (a process per stream: {baseline[streams]})"),
 )
 _OPS = {"<=": operator.le, ">=": operator.ge}
 

@@ -1,8 +1,9 @@
 """Serve: how many live streams one ``streamtag serve`` process carries.
 
-A server (``streamtag.server.Server`` with the command's defaults: the bundled
-default model at its hop, one torch thread, a batch waits at most 20 ms) runs
-in a child process on loopback. N simulated sensors run in a second child
+A server (``streamtag serve --workers CORES``: one worker process per core,
+each a whole server with the command's defaults: the bundled default model at
+its hop, one torch thread, a batch waits at most 20 ms) runs on loopback,
+started from a child process. N simulated sensors run in another child
 process (asyncio, websockets): each streams the demo street scene, looped from
 its own offset, as 22.05 kHz 16-bit mono live audio (``"live": true``), in
 blocks of 20-100 ms drawn afresh for each block and sent when a sound card
@@ -11,17 +12,18 @@ figures are reset and taken over a measuring window:
 
 - latency: from the arrival of the message holding a window's last sample to
   that window's result sent (or ready to send, when it decided no event), p50
-  and p99 over the window's last 20,000 windows, as the server measures it;
+  and p99 over each worker's last 20,000 windows, merged, as the server
+  measures it;
 - windows per second scored, in how many ticks (network calls);
-- CPU: the server's and the sensors' process time over the window, in cores;
-- memory per stream: the server's resident memory with N streams open, less
-  its resident memory before any client connected, over N;
+- CPU: the workers' and the sensors' process time over the window, in cores;
+- memory per stream: the workers' resident memory with N streams open, less
+  theirs before any client connected, over N;
 - drops: samples the server dropped (a live stream whose audio waited more
   than 2 s) and sensors that fell behind their schedule by more than one block.
 
 N grows until a step misses p99 <= 100 ms with no drops; the largest N that
-held is the figure. Both processes share this machine's cores, as a real
-deployment's sensors would not: the sensors' CPU is reported beside the
+held is the figure. The server and the sensors share this machine's cores, as
+a real deployment's sensors would not: the sensors' CPU is reported beside the
 server's so the server's share can be read off.
 
 The baseline, in the same run: the status quo of one process per stream,
@@ -62,43 +64,23 @@ BASELINE_SECONDS = 12.0
 # -- the server child ----------------------------------------------------------
 
 
-def _server_child(port_file: str) -> None:
-    """Serve on a free port (written to ``port_file``); answer "stats" and "reset" lines on standard input."""
-    import psutil
-    import torch
+def _server_child(port_file: str, workers: int) -> None:
+    """Serve on a free port (written to ``port_file``) with ``workers`` processes; answer "stats" and
+    "reset" lines on standard input with the workers' figures merged."""
+    from streamtag.server import Limits, ServeConfig, Workers
 
-    from streamtag.server import Limits, Server
-    from streamtag.tagger import Tagger
-
-    torch.set_num_threads(1)
-    server = Server(Tagger(), "127.0.0.1", 0, limits=Limits(max_streams=100000))  # on CUDA where there is one
-    process = psutil.Process()
-    loop = asyncio.new_event_loop()
-    ready = loop.create_future()
-    idle_mb = process.memory_info().rss / 2 ** 20
-
-    def commands() -> None:
-        for line in sys.stdin:
-            future = asyncio.run_coroutine_threadsafe(_answer(line.strip()), loop)
-            print(json.dumps(future.result()), flush=True)
-
-    async def _answer(command: str) -> dict:
-        if command == "reset":
-            server.reset_stats()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {**server.stats(), "device": server.tagger.model.device, "cpu_s": usage.ru_utime + usage.ru_stime,
-                "rss_mb": process.memory_info().rss / 2 ** 20, "idle_rss_mb": idle_mb, "wall": time.perf_counter()}
-
-    async def main() -> None:
-        serving = asyncio.ensure_future(server.run(ready))
-        port = await ready
-        with open(port_file + ".tmp", "w") as f:
-            f.write(str(port))
-        os.replace(port_file + ".tmp", port_file)
-        threading.Thread(target=commands, daemon=True).start()
-        await serving
-
-    loop.run_until_complete(main())
+    running = Workers(ServeConfig(port=0, limits=Limits(max_streams=100000)), workers)
+    idle_mb = running.stats()["rss_mb"]
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(running.port))
+    os.replace(port_file + ".tmp", port_file)
+    for line in sys.stdin:
+        if line.strip() == "reset":
+            running.reset_stats()
+        stats = running.stats()
+        stats.pop("each")
+        print(json.dumps({**stats, "idle_rss_mb": idle_mb, "wall": time.perf_counter()}), flush=True)
+    running.stop()
 
 
 # -- the sensors child ---------------------------------------------------------
@@ -170,9 +152,10 @@ def _sensors_child(url: str, n: int, seconds: float, ramp: float) -> None:
 
 
 class _ServerProcess:
-    def __init__(self, folder):
+    def __init__(self, folder, workers: int):
         self.port_file = os.path.join(folder, "port")
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve", "--server", self.port_file],
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve", "--server", self.port_file,
+                                      str(workers)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True)
         deadline = time.monotonic() + 120
         while not os.path.exists(self.port_file):
@@ -254,8 +237,10 @@ def run(quick: bool = False, progress=None) -> dict:
     warmup, measure = (2.0, 2.0) if quick else (WARMUP_S, MEASURE_S)
     result: dict = {"steps": [], "p99_target_ms": P99_TARGET_MS, "block_ms": list(BLOCK_MS), "cores": os.cpu_count(),
                     "hop_frames": None}
+    workers = os.cpu_count() or 1
+    result["workers"] = workers
     with tempfile.TemporaryDirectory() as folder:
-        server = _ServerProcess(folder)
+        server = _ServerProcess(folder, workers)
         try:
             for i, n in enumerate(steps):
                 if progress is not None:
@@ -283,7 +268,8 @@ def table(result: dict):
     from rich.table import Table
 
     t = Table(title=f"streamtag serve: N live sensors on loopback, {result['block_ms'][0]}-{result['block_ms'][1]} ms "
-                    f"blocks, default model at hop {result['hop_frames']} on {result['device']}; held = p99 <= {result['p99_target_ms']:g} "
+                    f"blocks, default model at hop {result['hop_frames']} on {result['device']}, {result['workers']} worker "
+                    f"processes (--workers, one per core); held = p99 <= {result['p99_target_ms']:g} "
                     "ms, no drops")
     for column in ("streams", "p50 (ms)", "p99 (ms)", "windows/s", "ticks/s", "server CPU (cores)",
                    "sensors CPU (cores)", "MB per stream", "dropped", "late sensors", "held"):
@@ -335,12 +321,12 @@ def plot(result: dict, folder) -> list:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run that only proves the benchmark works")
-    parser.add_argument("--server", metavar="PORT_FILE", help="(internal) the server child")
+    parser.add_argument("--server", nargs=2, metavar=("PORT_FILE", "WORKERS"), help="(internal) the server child")
     parser.add_argument("--sensors", nargs=4, metavar=("URL", "N", "SECONDS", "RAMP"),
                         help="(internal) the sensors child")
     args = parser.parse_args(argv)
     if args.server:
-        _server_child(args.server)
+        _server_child(args.server[0], int(args.server[1]))
         return
     if args.sensors:
         url, n, seconds, ramp = args.sensors

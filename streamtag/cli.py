@@ -55,25 +55,51 @@ def _cmd_tag(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
+    import time
 
-    import torch
     from rich.console import Console
 
-    from streamtag.server import Limits, Server
-    from streamtag.tagger import Tagger
+    from streamtag.server import Limits, ServeConfig, Workers
 
     if args.threads < 1:
         raise _usage_error(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    if args.workers < 1:
+        raise _usage_error(f"--workers must be at least 1, got {args.workers}")
     limits = Limits(max_streams=args.max_streams, max_message=args.max_message, max_behind=args.max_behind,
                     idle_timeout=args.idle_timeout, send_timeout=args.send_timeout)
     token = args.token if args.token is not None else os.environ.get("STREAMTAG_TOKEN") or None
-    tagger = Tagger(args.model, device=args.device, int8=args.int8, hop_frames=args.hop, thresholds=args.threshold,
-                    smooth=args.smooth, hysteresis=args.hysteresis, min_duration=args.min_duration,
-                    filter=args.filter)
-    server = Server(tagger, args.host, args.port, token=token, limits=limits, max_wait=args.max_wait,
-                    max_batch=args.max_batch)
+    decoding = {name: value for name, value in dict(
+        hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth, hysteresis=args.hysteresis,
+        min_duration=args.min_duration, filter=args.filter).items() if value is not None}
+    config = ServeConfig(model=args.model, device=args.device, int8=args.int8, decoding=decoding, host=args.host,
+                         port=args.port, token=token, limits=limits, max_wait=args.max_wait, max_batch=args.max_batch,
+                         threads=args.threads)
     err = Console(stderr=True)
+
+    def announce(port: int, model: str) -> None:
+        err.print(f"streamtag serve: ws://{args.host}:{port}/  model {model}, {args.workers} worker"
+                  f"{'s' * (args.workers > 1)}, {'token required' if token else 'no token (localhost only)'}; "
+                  "Ctrl-C stops", highlight=False, soft_wrap=True)
+
+    def report(st: dict) -> None:
+        err.print(f"streams {st['streams']}  windows {st['windows']}  p50 {st['latency_p50_ms']:.1f} ms  "
+                  f"p99 {st['latency_p99_ms']:.1f} ms  dropped {st['dropped_samples']}  closed {st['closed']}",
+                  highlight=False, soft_wrap=True, markup=False)
+
+    if args.workers > 1:  # processes sharing the port; this one only watches them
+        workers = Workers(config, args.workers)
+        announce(workers.port, args.model or "default")
+        try:
+            while workers.alive():
+                time.sleep(args.stats or 1.0)
+                if args.stats:
+                    report(workers.stats())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            workers.stop()
+        return 0
+    server = config.build()
 
     async def main() -> None:
         ready = asyncio.get_running_loop().create_future()
@@ -81,14 +107,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         await asyncio.wait([ready, serving], return_when=asyncio.FIRST_COMPLETED)
         if serving.done():
             serving.result()  # could not listen: raises
-        err.print(f"streamtag serve: ws://{args.host}:{ready.result()}/  model {tagger.model.name}, "
-                  f"{'token required' if token else 'no token (localhost only)'}; Ctrl-C stops", highlight=False)
+        announce(ready.result(), server.tagger.model.name)
         while args.stats:
             await asyncio.sleep(args.stats)
-            st = server.stats()
-            err.print(f"streams {st['streams']}  windows {st['windows']}  p50 {st['latency_p50_ms']:.1f} ms  "
-                      f"p99 {st['latency_p99_ms']:.1f} ms  dropped {st['dropped_samples']}  closed {st['closed']}",
-                      highlight=False)
+            report(server.stats())
         await serving
 
     try:
@@ -256,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=int, metavar="FRAMES", help="frames between windows (default: the model's)")
     p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
     _add_decoding_options(p)
-    p.add_argument("--max-streams", type=int, default=1000, metavar="N", help="streams at once (default 1000)")
+    p.add_argument("--max-streams", type=int, default=1000, metavar="N", help="streams at once, per worker (default 1000)")
     p.add_argument("--max-message", type=int, default=1 << 20, metavar="BYTES",
                    help="largest message a client may send (default 1 MiB)")
     p.add_argument("--max-behind", type=float, default=2.0, metavar="SECONDS",
@@ -269,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait", type=float, default=0.02, metavar="SECONDS",
                    help="longest a window waits for its batch (default 0.02)")
     p.add_argument("--max-batch", type=int, default=512, metavar="N", help="start a batch early at N windows")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the network (default 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for the network, per worker (default 1)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes sharing the port, each a whole server: one event loop uses one core, so give "
+                        "one per core for the most streams (default 1)")
     p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("--stats", type=float, default=0, metavar="SECONDS",
                    help="print streams, windows, latency and drops every SECONDS on standard error")

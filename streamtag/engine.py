@@ -173,6 +173,10 @@ class LatencyLog:
         self._values[(self._count + np.arange(len(seconds))) % size] = seconds
         self._count += len(seconds)
 
+    def values(self) -> np.ndarray:
+        """The durations kept (the last ``size``), in no particular order."""
+        return self._values[:min(self._count, len(self._values))].copy()
+
     def percentiles(self) -> tuple[float, float]:
         if not self._count:
             return math.nan, math.nan
@@ -199,8 +203,8 @@ class Engine:
     windows at the default model's hop, where the dense layers' matrix products
     run ~1.6x faster per window than at 4 s; live, a read is at most half the ring).
     ``meters`` keeps what only a dashboard shows (the input's level, peak and
-    clipping, the last ``history_frames`` log-mel frames); a server's many
-    streams go without.
+    clipping, the last ``history_frames`` log-mel frames, the latency
+    percentiles); a server's many streams go without.
     """
 
     def __init__(self, model, *, hop_frames: int | None = None, thresholds=None, smooth: float | None = None,
@@ -517,7 +521,8 @@ class Engine:
         t0 = time.perf_counter()
         x = mono if self._resampler is None else self._resampler.resample_chunk(mono, last=last)
         frames = self.frontend.push(x)
-        self.latency["frontend"].add(time.perf_counter() - t0)
+        if self.meters:
+            self.latency["frontend"].add(time.perf_counter() - t0)
         self._model_samples += len(x)
         if not len(frames):
             return
@@ -549,7 +554,8 @@ class Engine:
         """Decode the scores of the windows ending at ``ends``, scored since ``started``."""
         done = time.perf_counter()
         if len(ends):
-            self.latency["model"].add(done - started)
+            if self.meters:
+                self.latency["model"].add(done - started)
             self._score(ends, scores, done)
 
     def _score(self, ends: np.ndarray, scores: np.ndarray, done: float) -> None:
@@ -562,7 +568,8 @@ class Engine:
         arrivals = self._arrivals.times(last_inputs)
         firsts = stops - ((self.window_frames - 1) * spec.hop_length + spec.n_fft)
         smoothed, centres = self.smoother.push(scores, t0 + (firsts + stops) / 2 / sr)
-        self.latency["end_to_end"].extend(done - arrivals)
+        if self.meters:
+            self.latency["end_to_end"].extend(done - arrivals)
         # summed in window order, so a clip's mean does not depend on how its windows were split into reads
         self._score_sum = self._score_sum + scores[0] if len(scores) == 1 else \
             np.cumsum(np.concatenate([self._score_sum[None], scores]), axis=0)[-1]

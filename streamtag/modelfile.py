@@ -257,9 +257,10 @@ class StemScorer(WindowScorer):
 
     @staticmethod
     def _push_many(scorers: list, pieces: list[np.ndarray], ends: list[np.ndarray]) -> list[np.ndarray]:
-        """Each scorer's new stem columns from one stem call over all their frames (each stream's span
-        padded to the longest; the columns the padding reaches are dropped, as a column depends on its 6
-        frames only), then every stream's windows in one ``classify_pooled`` call per ``BATCH``."""
+        """Each scorer's new stem columns from one stem call over all their frames, the streams' spans
+        laid end to end (a column depends on its 6 frames only, so the 5 columns that straddle two streams
+        are dropped and no other mixes them), then every stream's windows in one ``classify_pooled`` call
+        per ``BATCH``."""
         first = scorers[0]
         module, device = first._module, first._device
         for piece in pieces:
@@ -269,28 +270,28 @@ class StemScorer(WindowScorer):
         with torch.inference_mode():
             grow = [i for i, span in enumerate(spans) if len(span) >= CONV1_FRAMES]
             if grow:
-                longest = max(len(spans[i]) for i in grow)
-                if len(grow) == 1:
-                    batch = np.ascontiguousarray(spans[grow[0]].transpose(1, 2, 0))[None]
-                else:
-                    batch = np.zeros((len(grow), 2, first.n_mels, longest), dtype=np.float32)
-                    for row, i in enumerate(grow):
-                        batch[row, :, :, :len(spans[i])] = spans[i].transpose(1, 2, 0)
-                stretch = torch.from_numpy(batch)
+                joined = spans[grow[0]] if len(grow) == 1 else np.concatenate([spans[i] for i in grow])
+                stretch = torch.from_numpy(np.ascontiguousarray(joined.transpose(1, 2, 0)))[None]
                 if device != "cpu":
                     stretch = stretch.to(device)
                 # the first pooling's max over the stem's 4 rows, the same for every window holding the column:
                 # taken once here, it shrinks what is kept fourfold
-                new = module.stem(stretch).amax(dim=2)
+                new = module.stem(stretch)[0].amax(dim=1)
                 new = (new if device == "cpu" else new.float().cpu()).numpy()
-                for row, i in enumerate(grow):
-                    scorers[i]._add_columns(new[row, :, :len(spans[i]) - CONV1_FRAMES + 1])
-            windows = [s._pooled_windows(len(p), e) for s, p, e in zip(scorers, pieces, ends)]
+                at = 0
+                for i in grow:
+                    scorers[i]._add_columns(new[:, at:at + len(spans[i]) - CONV1_FRAMES + 1])
+                    at += len(spans[i])
+            windows = [s._window_columns(len(p), e) for s, p, e in zip(scorers, pieces, ends)]
             sizes = [len(w) for w in windows]
             out = np.empty((sum(sizes), first.n_classes), dtype=np.float32)
             if len(out):
                 held = [w for w in windows if len(w)]
-                together = torch.from_numpy(held[0] if len(held) == 1 else np.concatenate(held))[:, :, None]
+                columns = np.concatenate(held) if len(held) > 1 else held[0]  # (n, 80, span)
+                # the first pooling's max over each 3 columns: exact, so the network's own numbers, and taken
+                # for every stream's windows at once
+                pooled = columns.reshape(len(out), columns.shape[1], first._pooled, POOL1_COLUMNS).max(axis=3)
+                together = torch.from_numpy(pooled)[:, :, None]
                 if device != "cpu":
                     together = together.to(device)
                 for i in range(0, len(out), BATCH):
@@ -303,21 +304,20 @@ class StemScorer(WindowScorer):
     def _add_columns(self, new: np.ndarray) -> None:
         self._columns = new if self._columns is None else np.concatenate([self._columns, new], axis=1)
 
-    def _pooled_windows(self, new: int, ends: np.ndarray) -> np.ndarray:
-        """``(n, 80, width // 3)``: the windows ending at ``ends`` after a piece of ``new`` frames,
-        each column the max of 3 stem columns (the first pooling: exact, so equal to the network's)."""
+    def _window_columns(self, new: int, ends: np.ndarray) -> np.ndarray:
+        """``(n, 80, 3 * (width // 3))``: the stem columns of the windows ending at ``ends`` after a
+        piece of ``new`` frames (a view of the kept columns where it can be)."""
+        span = POOL1_COLUMNS * self._pooled
         if not len(ends):
-            return np.empty((0, 0, self._pooled), dtype=np.float32)
+            return np.empty((0, 0, span), dtype=np.float32)
         # the column of frame f sits at f - first; a window ending at frame e starts at e - window + 1
         first = self.frames_seen + new - (CONV1_FRAMES - 1) - self._columns.shape[1]
         starts = ends - (self.window_frames - 1) - first
-        span = POOL1_COLUMNS * self._pooled
         if len(starts) == 1:
             s = int(starts[0])
-            return self._columns[:, s:s + span].reshape(-1, self._pooled, POOL1_COLUMNS).max(axis=2)[None]
+            return self._columns[None, :, s:s + span]
         view = np.lib.stride_tricks.sliding_window_view(self._columns, span, axis=1)[:, starts]  # (80, n, span)
-        pooled = view.reshape(view.shape[0], len(starts), self._pooled, POOL1_COLUMNS).max(axis=3)
-        return np.ascontiguousarray(pooled.transpose(1, 0, 2))
+        return view.transpose(1, 0, 2)
 
     def _trim(self) -> None:
         if self._columns is not None:

@@ -25,12 +25,12 @@ Each client opens one stream on one WebSocket connection:
 How the work is shared: every stream has its own engine (frontend, resampler,
 smoothing, events), fed on the event loop as its audio arrives; the windows
 that audio completes wait, and the windows of all streams are scored together
-in one network call per tick (:class:`~streamtag.engine.ScoringBatch`), on a
-worker thread so the loop goes on receiving meanwhile. A tick starts
-``max_wait`` seconds after the first window waiting for it, or at once when
-``max_batch`` windows wait, or when the previous tick ends: no window waits
-longer than ``max_wait`` plus one tick for its batch. A stream's scores are the
-ones it would get alone (to float rounding): batching never mixes streams.
+in one network call per tick (:class:`~streamtag.engine.ScoringBatch`). A tick
+starts ``max_wait`` seconds after the first window waiting for it, or at once
+when ``max_batch`` windows wait: no window waits longer than ``max_wait`` plus
+the time the loop is busy. A stream's scores are the ones it would get alone
+(to float rounding): batching never mixes streams. One process's loop runs on
+one core; :class:`Workers` runs several processes on one port.
 
 Every client is treated as possibly hostile. Its memory is bounded: messages up
 to ``max_message`` bytes (a bigger one closes the stream, 1009), the library's
@@ -50,12 +50,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import dataclasses
 import hmac
 import http
 import json
 import math
+import os
 import socket
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -147,14 +147,20 @@ class StreamFormat:
 
 
 class Batcher:
-    """Scores the waiting windows of all streams in one network call per tick."""
+    """Scores the waiting windows of all streams in one network call per tick.
 
-    def __init__(self, max_wait: float, max_batch: int, executor: concurrent.futures.Executor):
-        self.max_wait, self.max_batch, self._executor = max_wait, max_batch, executor
+    The call runs on the event loop: no stream is fed while it runs (their
+    audio waits in the sockets), so it needs no locks, and a server that wants
+    more cores runs more worker processes (:class:`Workers`), each with its
+    own loop. Tried the other way, with the network on a thread of its own:
+    the thread and the loop took turns at the interpreter after every torch
+    call, which cost 10 % more CPU and a worse p99 at 300 streams."""
+
+    def __init__(self, max_wait: float, max_batch: int):
+        self.max_wait, self.max_batch = max_wait, max_batch
         self._waiting: list[tuple[Engine, asyncio.Future]] = []
         self._windows = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._busy = False
         self.ticks = 0
         self.scored = 0
 
@@ -166,27 +172,22 @@ class Batcher:
         done = loop.create_future()
         self._waiting.append((engine, done))
         self._windows += engine.pending_windows
-        if not self._busy:
-            if self._windows >= self.max_batch:
-                self._tick()
-            elif self._timer is None:
-                self._timer = loop.call_later(self.max_wait, self._tick)
+        if self._windows >= self.max_batch:
+            self._tick()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_wait, self._tick)
         return done
 
     def _tick(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._busy or not self._waiting:
-            return
         waiting, self._waiting, self._windows = self._waiting, [], 0
-        self._busy = True
-        asyncio.get_running_loop().create_task(self._score(waiting))
-
-    async def _score(self, waiting: list[tuple[Engine, asyncio.Future]]) -> None:
+        if not waiting:
+            return
         try:
             batch = ScoringBatch([engine for engine, _ in waiting])
-            await asyncio.get_running_loop().run_in_executor(self._executor, batch.score)
+            batch.score()
             self.scored += batch.finish()
             self.ticks += 1
             for _, done in waiting:
@@ -196,10 +197,6 @@ class Batcher:
             for _, done in waiting:
                 if not done.done():
                     done.set_exception(exc)
-        finally:
-            self._busy = False
-            if self._waiting:  # what arrived meanwhile has waited a tick already
-                self._tick()
 
 
 class Server:
@@ -211,7 +208,7 @@ class Server:
     for its batch; ``max_batch`` starts a tick early."""
 
     def __init__(self, tagger, host: str = "127.0.0.1", port: int = 8765, *, token: str | None = None,
-                 limits: Limits = Limits(), max_wait: float = 0.02, max_batch: int = 512):
+                 limits: Limits = Limits(), max_wait: float = 0.02, max_batch: int = 512, reuse_port: bool = False):
         if host not in LOCAL_HOSTS and not token:
             raise StreamtagError(f"serving on {host} needs a token (--token or STREAMTAG_TOKEN): "
                                  "any client that can reach it could stream to it")
@@ -220,8 +217,8 @@ class Server:
         if not (max_wait > 0 and max_batch >= 1):
             raise StreamtagError("max-wait must be positive and max-batch at least 1")
         self.tagger, self.host, self.port, self.token, self.limits = tagger, host, port, token, limits
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamtag-model")
-        self.batcher = Batcher(max_wait, max_batch, self._executor)
+        self.reuse_port = reuse_port  # several worker processes listen on the port (run_workers)
+        self.batcher = Batcher(max_wait, max_batch)
         self.latency = LatencyLog(20000)  # seconds from a window's last sample received to its result sent
         self.streams = 0  # open now
         self.accepted = 0
@@ -230,6 +227,7 @@ class Server:
         self.closed: collections.Counter[str] = collections.Counter()  # why streams ended
         self.faults: collections.deque[str] = collections.deque(maxlen=100)  # the latest streams' close reasons
         self.bound_port: int | None = None
+        self._open: set[_Stream] = set()
         self.started = time.perf_counter()
 
     # -- serving -------------------------------------------------------------
@@ -238,16 +236,18 @@ class Server:
         """Serve until cancelled; ``ready`` gets the bound port once listening."""
         from websockets.asyncio.server import serve
 
+
         async with serve(self._handle, self.host, self.port, process_request=self._admit,
                          max_size=self.limits.max_message, max_queue=MAX_QUEUE, compression=None,
-                         close_timeout=2, ping_interval=20, ping_timeout=20) as server:
+                         close_timeout=2, ping_interval=20, ping_timeout=20, reuse_port=self.reuse_port) as server:
             self.bound_port = next(iter(server.sockets)).getsockname()[1]
             if ready is not None:
                 ready.set_result(self.bound_port)
+            sweep = asyncio.get_running_loop().create_task(self._sweep())
             try:
                 await server.serve_forever()
             finally:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                sweep.cancel()
 
     def reset_stats(self) -> None:
         """Start the latency, window and drop counts afresh (a load test, after its warm-up)."""
@@ -255,6 +255,10 @@ class Server:
         self.windows = self.dropped_samples = 0
         self.batcher.ticks = self.batcher.scored = 0
         self.started = time.perf_counter()
+
+    def latencies(self) -> np.ndarray:
+        """The latencies behind :meth:`stats`' percentiles, in seconds (to merge several workers')."""
+        return self.latency.values()
 
     def stats(self) -> dict:
         """Since the start or :meth:`reset_stats`: streams, windows, ticks, latency
@@ -288,11 +292,25 @@ class Server:
     async def _handle(self, ws) -> None:
         self.streams += 1
         self.accepted += 1
+        stream = _Stream(self, ws)
+        self._open.add(stream)
         try:
-            reason = await _Stream(self, ws).run()
+            reason = await stream.run()
         finally:
             self.streams -= 1
+            self._open.discard(stream)
         self.closed[reason] += 1
+
+    async def _sweep(self) -> None:
+        """Close streams that have sent nothing for ``idle_timeout`` seconds: one timer for all of
+        them, where a timeout on every receive cost each message a task."""
+        every = min(1.0, self.limits.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for stream in list(self._open):
+                if not stream.idle and now - stream.last_message > self.limits.idle_timeout:
+                    asyncio.get_running_loop().create_task(stream.close_idle())
 
 
 class _Stream:
@@ -313,6 +331,8 @@ class _Stream:
         self.wake = asyncio.Event()  # the queue has something
         self.space = asyncio.Event()  # the queue has room
         self.lines: list[str] = []  # JSON lines to send
+        self.last_message = time.monotonic()
+        self.idle = False  # closed by the server's sweep for sending nothing
         self.arrivals: list[float] = []  # of the windows scored since the last send
 
     async def run(self) -> str:
@@ -351,6 +371,8 @@ class _Stream:
             await ws.close(1008, _short(str(exc)))
             return "protocol" if isinstance(exc, ProtocolError) else "bad audio"
         except ConnectionClosed as exc:
+            if self.idle:
+                return "idle"
             return "message too big" if exc.sent is not None and exc.sent.code == 1009 else "disconnected"
 
     def _open(self, fmt: StreamFormat) -> None:
@@ -359,10 +381,22 @@ class _Stream:
         self.max_queued = max(1, min(int(self.limits.max_behind * fmt.rate), (1 << 20) // fmt.channels))
 
     async def _receive(self):
+        message = await self.ws.recv()  # no timeout here: the server's sweep closes idle streams (cheaper)
+        self.last_message = time.monotonic()
+        return message
+
+    async def close_idle(self) -> None:
+        """Close the stream: it has sent nothing for ``idle_timeout`` seconds."""
+        from websockets.exceptions import ConnectionClosed
+
+        self.idle = True
+        reason = f"idle for {self.limits.idle_timeout:g} s"
+        self.server.faults.append(f"{_peer(self.ws)}: {reason}")
         try:
-            return await asyncio.wait_for(self.ws.recv(), self.limits.idle_timeout)
-        except asyncio.TimeoutError:
-            raise ProtocolError(f"idle for {self.limits.idle_timeout:g} s") from None
+            await asyncio.wait_for(self.ws.send(json.dumps({"type": "error", "message": reason})), 1.0)
+        except (ConnectionClosed, asyncio.TimeoutError):
+            pass
+        await self.ws.close(1008, reason)
 
     async def _read(self, decoder: PcmDecoder) -> None:
         """Queue each message's audio as it arrives, then the end; a fault ends
@@ -508,3 +542,162 @@ def _short(reason: str) -> str:
     """A close reason fits in 123 bytes of UTF-8."""
     data = reason.encode()
     return reason if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+# -- several worker processes on one port --------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What a worker process needs to build its own :class:`Server` (the model
+    is loaded in each, so this is all that crosses the process boundary)."""
+
+    model: str | None = None
+    device: str | None = None
+    int8: bool = False
+    decoding: dict = dataclasses.field(default_factory=dict)  # Tagger's decoding options
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    limits: Limits = Limits()
+    max_wait: float = 0.02
+    max_batch: int = 512
+    threads: int = 1  # torch's CPU threads per worker
+
+    def build(self, reuse_port: bool = False, port: int | None = None) -> Server:
+        import torch
+
+        from streamtag.tagger import Tagger
+
+        torch.set_num_threads(self.threads)
+        tagger = Tagger(self.model, device=self.device, int8=self.int8, **self.decoding)
+        return Server(tagger, self.host, self.port if port is None else port, token=self.token, limits=self.limits,
+                      max_wait=self.max_wait, max_batch=self.max_batch, reuse_port=reuse_port)
+
+
+class Workers:
+    """``n`` worker processes, each a whole :class:`Server` (its own event loop,
+    engines and batches), listening on one port: the kernel spreads new
+    connections over them (SO_REUSEPORT, Linux and BSDs). One process's event
+    loop runs on one core; workers let a server use several, each stream still
+    served by one. :meth:`stats` merges theirs."""
+
+    def __init__(self, config: ServeConfig, n: int, timeout: float = 120.0):
+        import multiprocessing
+        import socket as sockets
+
+        if n < 1:
+            raise StreamtagError(f"workers must be at least 1, got {n}")
+        if not hasattr(sockets, "SO_REUSEPORT") and n > 1:
+            raise StreamtagError("several workers need SO_REUSEPORT, which this system lacks; use one")
+        holder = None
+        port = config.port
+        if port == 0:  # pick a free port for all of them, held until they listen on it
+            holder = sockets.socket(sockets.AF_INET6 if ":" in config.host else sockets.AF_INET)
+            holder.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEPORT, 1)
+            holder.bind((config.host, 0))
+            port = holder.getsockname()[1]
+        context = multiprocessing.get_context("spawn")
+        self.port, self.processes, self.pipes = port, [], []
+        try:
+            for index in range(n):
+                mine, theirs = context.Pipe()
+                process = context.Process(target=_worker, args=(config, port, n > 1 or holder is not None, theirs),
+                                          daemon=True,
+                                          name=f"streamtag-serve-{index}")
+                process.start()
+                self.processes.append(process)
+                self.pipes.append(mine)
+            for pipe, process in zip(self.pipes, self.processes):
+                if not pipe.poll(timeout):
+                    raise StreamtagError("a worker did not start")
+                kind, value = pipe.recv()
+                if kind == "error":
+                    raise StreamtagError(value)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if holder is not None:
+                holder.close()
+
+    def ask(self, command: str) -> list[dict]:
+        for pipe in self.pipes:
+            pipe.send(command)
+        return [pipe.recv() for pipe in self.pipes]
+
+    def reset_stats(self) -> None:
+        self.ask("reset")
+
+    def stats(self) -> dict:
+        """All workers' :meth:`Server.stats` together, with each one's CPU time and memory."""
+        each = self.ask("stats")
+        latency = np.concatenate([w.pop("latencies") for w in each])
+        p50, p99 = np.percentile(latency, [50, 99]) * 1e3 if len(latency) else (math.nan, math.nan)
+        closed: collections.Counter = collections.Counter()
+        for w in each:
+            closed.update(w["closed"])
+        return {"workers": len(each), **{key: sum(w[key] for w in each) for key in (
+                "streams", "accepted", "windows", "ticks", "batched_windows", "dropped_samples", "cpu_s", "rss_mb")},
+                "latency_p50_ms": float(p50), "latency_p99_ms": float(p99), "closed": dict(closed),
+                "faults": [f for w in each for f in w["faults"]], "device": each[0]["device"],
+                "each": each}
+
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(10)
+
+
+def _worker(config: ServeConfig, port: int, reuse_port: bool, pipe) -> None:
+    """A worker process: serve, and answer the parent's "stats" and "reset" on ``pipe``."""
+    import resource
+    import threading
+
+    try:
+        server = config.build(reuse_port=reuse_port, port=port)
+    except StreamtagError as exc:
+        pipe.send(("error", str(exc)))
+        return
+    loop = asyncio.new_event_loop()
+
+    async def answer(command: str) -> dict:
+        if command == "reset":
+            server.reset_stats()
+            return {}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with open("/proc/self/statm") as f:  # resident pages (Linux), without psutil
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return {**server.stats(), "latencies": server.latencies(), "faults": list(server.faults),
+                "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": rss, "device": server.tagger.model.device}
+
+    def commands() -> None:
+        while True:
+            try:
+                command = pipe.recv()
+            except EOFError:  # the parent has gone
+                loop.call_soon_threadsafe(serving.cancel)
+                return
+            pipe.send(asyncio.run_coroutine_threadsafe(answer(command), loop).result())
+
+    async def main() -> None:
+        ready = loop.create_future()
+        task = asyncio.ensure_future(server.run(ready))
+        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            pipe.send(("error", f"cannot listen on {config.host}:{port}: {task.exception()}"))
+            return
+        pipe.send(("ready", ready.result()))
+        threading.Thread(target=commands, daemon=True).start()
+        await task
+
+    serving = loop.create_task(main())
+    try:
+        loop.run_until_complete(serving)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        pass

@@ -339,3 +339,30 @@ def test_audio_lost_is_counted_reported_and_times_stay_true(serve, tagger, scene
     lines, code, _ = stream(running.url, scene[:4 * RATE], block=RATE // 20)
     assert code == 1000 and lines[-1]["dropped_samples"] == 0 and not [o for o in lines if o["type"] == "dropped"]
     assert events(lines) == alone(tagger, scene[:4 * RATE])
+
+
+def test_worker_processes_share_one_port_and_merge_their_figures(tagger, scene):
+    from streamtag.server import ServeConfig, Workers
+
+    workers = Workers(ServeConfig(port=0, max_wait=0.05), 2)
+    try:
+        url = f"ws://127.0.0.1:{workers.port}/"
+        pieces = [scene[i * 3 * RATE:(i * 3 + 5) * RATE] for i in range(4)]
+        results = [None] * len(pieces)
+        threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, stream(url, pieces[k], pause=0.002)))
+                   for k in range(len(pieces))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for piece, (lines, code, _) in zip(pieces, results):
+            assert code == 1000 and events(lines) == alone(tagger, piece)
+        stats = workers.stats()
+        assert stats["workers"] == 2 and stats["accepted"] == 4 and stats["closed"] == {"completed": 4}
+        assert stats["windows"] == sum(lines[-1]["windows"] for lines, _, _ in results)
+        assert sum(w["accepted"] for w in stats["each"]) == 4 and stats["latency_p99_ms"] > 0
+        workers.reset_stats()
+        assert workers.stats()["windows"] == 0
+    finally:
+        workers.stop()
+    assert not any(p.is_alive() for p in workers.processes)
