@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from streamtag.errors import AudioError
-from streamtag.features import DELTA_TAPS, FeatureSpec, hann_periodic, mel_filterbank
+from streamtag.features import FeatureSpec, hann_periodic, mel_filterbank
+from streamtag.frontend_layout import (_BUFFER, _EMITTED, _END, _HEADER, _HISTORY, _HOP, _INTS, _KERNEL_MODULE, _NFFT,
+                                       _NMELS, _NNZ, _RING, _SLOT, _START, _TWIDDLES, _USED)
 from streamtag.spectrum_plan import make_plan
 
 try:
@@ -41,20 +43,8 @@ except ImportError:  # Windows: concurrent first builds each build, and the last
 _FLOAT32 = np.dtype(np.float32)
 _UNIT_STRIDE = (_FLOAT32.itemsize,)  # the strides of a C-contiguous float32 vector, and of nothing else
 _SLAB_FRAMES = 256  # frames per block that push() carves its outputs from
-_HISTORY = 2 * DELTA_TAPS + 1  # log-mel frames the causal delta filter reads
 _BUFFER_HOPS = 4  # the sample buffer holds a frame plus this many hops, so it is compacted once per 4 hops
 
-# The kernel takes everything it keeps between calls (state, tables, scratch
-# and the window ring) in one float64 array, with integers and the float32 ring
-# as views of parts of it: each array argument costs ~80 ns on every call, and
-# with a dozen arrays and the FFT plan's tuple that alone cost more than
-# computing a frame. Layout (see Frontend.__init__), in float64 words:
-#   header (int64)   [start, end, emitted, slot, used, hop, n_fft, n_mels, nnz, twiddles, buffer, ints, ring]
-#   tables (int64)   fb_ptr fb_start gather
-#   floats           buf (float32, 2 per word) hist window (split, see make_plan) fb_w amin twiddles post_twiddles work power energy mantissa logmel delta
-#   ring (float32)   (2 * history, 2, n_mels): frame by frame, so a frame is one contiguous write
-_START, _END, _EMITTED, _SLOT, _USED, _HOP, _NFFT, _NMELS, _NNZ, _TWIDDLES, _BUFFER, _INTS, _RING = range(13)
-_HEADER = 13
 
 # The kernel (streamtag.frontend_kernel) as this process runs it: an extension module compiled
 # ahead of time for this machine, kept in a cache directory under a key of everything the
@@ -63,8 +53,7 @@ _HEADER = 13
 # ~120 MB (a fifth of a live process's memory) and ~1 s of every process's start-up. Where
 # the build cannot be made (no C compiler; a numba without pycc), the kernel runs just in
 # time instead: the same frames, that memory and start-up more.
-_KERNEL_MODULE = "streamtag_frontend_kernel"  # the extension's name: it exports PyInit_<this>
-_SOURCES = ("frontend.py", "frontend_kernel.py", "spectrum.py", "spectrum_plan.py")
+_SOURCES = ("frontend.py", "frontend_layout.py", "frontend_kernel.py", "spectrum.py", "spectrum_plan.py")
 _EXTENSION = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 _log = logging.getLogger("streamtag")
 
@@ -88,8 +77,8 @@ def _cpu_fingerprint() -> str:
 
 
 def _kernel_key() -> str:
-    """A digest of what the compiled module depends on: the kernel's sources (the layout
-    constants here included), numba's version, the Python ABI and the CPU."""
+    """A digest of what the compiled module depends on: the kernel's sources (its state layout
+    included), numba's version, the Python ABI and the CPU."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
     numba = Path(importlib.util.find_spec("numba").origin).parent  # found, not imported

@@ -21,8 +21,8 @@ import numba
 import numpy as np
 
 from streamtag.features import DELTA_TAPS
-from streamtag.frontend import (_BUFFER, _EMITTED, _END, _HEADER, _HISTORY, _HOP, _INTS, _KERNEL_MODULE, _NFFT,
-                                _NMELS, _NNZ, _RING, _SLOT, _START, _TWIDDLES, _USED)
+from streamtag.frontend_layout import (_BUFFER, _EMITTED, _END, _HEADER, _HISTORY, _HOP, _INTS, _KERNEL_MODULE,
+                                       _NFFT, _NMELS, _NNZ, _RING, _SLOT, _START, _TWIDDLES, _USED)
 from streamtag.spectrum import power_spectrum
 from streamtag.spectrum_plan import SpectrumPlan
 

@@ -19,7 +19,8 @@ Each client opens one stream on one WebSocket connection:
    lines per message): ``{"type": "event", "state": "open"|"close", "label",
    "onset", "offset", "score"}``, ``{"type": "window", "index", "start", "end",
    "scores": [...]}`` when asked, ``{"type": "dropped", "samples", "at"}`` when
-   the server had to drop audio of this stream, and after ``end``
+   the server had to drop audio of this stream (a client's own skips are not
+   echoed; both count in the summary's ``dropped_samples``), and after ``end``
    ``{"type": "summary", ...}``; then it closes the connection (1000).
 
 How the work is shared: every stream has its own engine (frontend, resampler,
@@ -325,7 +326,8 @@ class _Stream:
         self.server, self.ws, self.limits = server, ws, server.limits
         self.engine = server.tagger.engine(meters=False)
         self.fmt: StreamFormat | None = None
-        self.queue: collections.deque = collections.deque()  # ("audio", block, arrival) | ("skip", frames) | ("end",)
+        # ("audio", block, arrival) | ("skip", frames, "server" | "client") | ("end",)
+        self.queue: collections.deque = collections.deque()
         self.queued = 0  # frames of audio in the queue
         self.position = 0  # frames pushed to the engine or skipped
         self.wake = asyncio.Event()  # the queue has something
@@ -414,7 +416,7 @@ class _Stream:
                         decoder.finish()
                         self._put(("end",))
                         return
-                    self._put(("skip", skipped))
+                    self._put(("skip", skipped, "client"))
                     continue
                 block = decoder.decode(message)
                 if self.fmt is None and block is not None:  # a WAV stream's header is complete
@@ -442,11 +444,11 @@ class _Stream:
         i = next(i for i, item in enumerate(self.queue) if item[0] == "audio")
         frames = len(self.queue[i][1])
         self.queued -= frames
-        if i and self.queue[i - 1][0] == "skip":
-            self.queue[i - 1] = ("skip", self.queue[i - 1][1] + frames)
+        if i and self.queue[i - 1][0] == "skip" and self.queue[i - 1][2] == "server":
+            self.queue[i - 1] = ("skip", self.queue[i - 1][1] + frames, "server")
             del self.queue[i]
         else:
-            self.queue[i] = ("skip", frames)
+            self.queue[i] = ("skip", frames, "server")
 
     async def _process(self, reader: asyncio.Task) -> Summary:
         engine = self.engine
@@ -465,12 +467,14 @@ class _Stream:
                     summary = engine.close()
                     await self._flush()
                     return summary
-                if item[0] == "skip":
-                    engine.skip(item[1])
-                    self.server.dropped_samples += item[1]
-                    self.lines.append(json.dumps({"type": "dropped", "samples": item[1],
-                                                  "at": round(self.position / self.fmt.rate, 6)}))
-                    self.position += item[1]
+                if item[0] == "skip":  # a gap: the engine restarts at the true time after it
+                    _, frames, by = item
+                    engine.skip(frames)
+                    if by == "server":
+                        self.server.dropped_samples += frames
+                        self.lines.append(json.dumps({"type": "dropped", "samples": frames,
+                                                      "at": round(self.position / self.fmt.rate, 6)}))
+                    self.position += frames
                     continue
                 _, block, arrival = item
                 self.queued -= len(block)
