@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", metavar="TOKEN", help="the server's token (default: $STREAMTAG_TOKEN)")
     p.set_defaults(run=_cmd_tag)
 
-    p = sub.add_parser("serve", help="tag many live audio streams over WebSockets in one process",
+    p = sub.add_parser("serve", help="tag many live audio streams over WebSockets, their windows scored together",
                        description="Serve WebSocket clients, each streaming audio (raw PCM or WAV) and receiving "
                                    "events as JSON Lines; the windows of all streams are scored together, one "
                                    "network call per tick. Binds to localhost unless --host says otherwise; any "
@@ -328,10 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks (latency, throughput, memory) from a source checkout",
                        description="Run `python -m benchmarks` in the streamtag repository this command comes from: "
                                    "frontend, model, GPU, live end-to-end latency, dashboard, files, soak and "
-                                   "serve (many streams) benchmarks, "
-                                   "written as JSON, a Markdown table and PNG plots.")
+                                   "serve (many streams) benchmarks, written as JSON, a Markdown table and PNG plots.")
     p.add_argument("--quick", action="store_true", help="tiny inputs: proves every part works; figures mean nothing")
-    p.add_argument("--only", metavar="PARTS", help="comma-separated parts: frontend, model, gpu, live, dashboard, files, soak, serve")
+    p.add_argument("--only", metavar="PARTS",
+                   help="comma-separated parts: frontend, model, gpu, live, dashboard, files, soak, serve")
     p.add_argument("--out", metavar="DIR", help="where to write (default: benchmarks/results, or runs/bench-quick "
                                                 "with --quick)")
     p.set_defaults(run=_cmd_bench)

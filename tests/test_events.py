@@ -92,6 +92,18 @@ def test_smoother_averages_the_last_k_and_dates_them_by_their_middle():
     np.testing.assert_allclose(smoother.push(np.array([[0.2, 0.2]]), [20.0])[0], [[0.2, 0.2]])
 
 
+@pytest.mark.parametrize("k", [2, 5, 10, 11])
+def test_the_median_filter_is_numpy_s_median_over_the_windows_so_far(k):
+    """The median is taken by sorting the few values directly (a server runs it per stream and window);
+    it must be exactly np.median's, placeholders before the stream's start left out (nanmedian)."""
+    scores = np.random.default_rng(k).random((40, 6))
+    padded = np.concatenate([np.full((k - 1, 6), np.nan), scores])
+    expected = np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, k, axis=0), axis=-1)
+    smoother = Smoother(6, k, "median")
+    got = np.concatenate([smoother.push(scores[a:b], np.arange(a, b))[0] for a, b in ((0, 1), (1, 3), (3, 40))])
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
 def test_smoothing_one_window_is_the_identity():
     smoother = Smoother(3, k=1)
     scores = np.array([0.123456, 0.5, 0.999], dtype=np.float32)

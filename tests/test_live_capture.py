@@ -9,7 +9,8 @@ Made robust three ways: the clip is played in the sink's own format (no
 resampling inside PulseAudio); it loops, and exactly two loops are captured,
 so the capture holds nothing but the clip wherever it starts; and the clip is
 the one whose label, simulated for every start, leads the runner-up by the
-widest margin.
+widest margin. The same capture sent to ``streamtag serve`` (``tag --server
+--mic``, a live stream) must give the same label.
 """
 
 from __future__ import annotations
@@ -127,16 +128,38 @@ def test_microphone_capture_gives_the_same_top_label_as_the_file(pulse, us8k_dir
 
     looped = tmp_path / "looped.wav"
     sf.write(looped, np.tile(as_played(clip), (8, 1)), SINK_RATE, subtype="PCM_16")  # plays throughout
-    player = subprocess.Popen(["paplay", "-d", "vsink", str(looped)], env=pulse, stderr=subprocess.PIPE)
+    # the microphone tagged here, then sent as a live stream to a server with the same model
+    server = subprocess.Popen([sys.executable, "-m", "streamtag", "serve", "--model", str(random_model_file),
+                               "--port", "0"], env=pulse, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)  # an idle null sink can take a moment to deliver its first block
-        result = subprocess.run(
-            [sys.executable, "-m", "streamtag", "tag", "--model", str(random_model_file), "--mic", "--clip",
-             "--duration", "8", "-q"], env=pulse, capture_output=True, text=True, timeout=120)
+        url = _served_url(server)
+        for where in ([], ["--server", url]):
+            player = subprocess.Popen(["paplay", "-d", "vsink", str(looped)], env=pulse, stderr=subprocess.PIPE)
+            try:
+                time.sleep(1.0)  # an idle null sink can take a moment to deliver its first block
+                local = [] if where else ["--model", str(random_model_file)]
+                result = subprocess.run(
+                    [sys.executable, "-m", "streamtag", "tag", *local, "--mic", "--clip", "--duration", "8", "-q",
+                     *where], env=pulse, capture_output=True, text=True, timeout=120)
+            finally:
+                player.terminate()
+                player.wait(10)
+            assert result.returncode == 0, result.stderr
+            line = json.loads(result.stdout)
+            assert line["source"].startswith("mic:") and line["windows"] >= 25
+            assert line["top"][0] == expected, (where, clip.name, leads[clip], line)
     finally:
-        player.terminate()
-        player.wait(10)
-    assert result.returncode == 0, result.stderr
-    line = json.loads(result.stdout)
-    assert line["source"].startswith("mic:") and line["windows"] >= 25
-    assert line["top"][0] == expected, (clip.name, leads[clip], line)
+        server.terminate()
+        server.wait(10)
+
+
+def _served_url(server: subprocess.Popen) -> str:
+    """The ws:// address `streamtag serve --port 0` announces on standard error."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = server.stderr.readline()
+        if "ws://" in line:
+            return line[line.index("ws://"):].split()[0]
+        if not line and server.poll() is not None:
+            break
+    raise AssertionError("streamtag serve did not announce its address")

@@ -147,9 +147,27 @@ def test_tag_through_a_server_prints_the_local_events(serve, tagger, scene, tmp_
     assert main(["tag", str(path), "--clip", "-f", "jsonl", "--server", running.url]) == 0
     clip = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose(list(clip["scores"].values()), tagger.tag(path).clip_scores, atol=1e-5)
+    # standard input (a WAV stream, as sox or arecord write it) through the server: the same events again
+    local = [json.loads(line) for line in _tag_stdin(capsys, path, "-f", "jsonl", "-q")]
+    remote = [json.loads(line) for line in _tag_stdin(capsys, path, "-f", "jsonl", "-q", "--server", running.url)]
+    assert [(o["label"], o["onset"], o["offset"]) for o in remote] == \
+        [(o["label"], o["onset"], o["offset"]) for o in local] and local
     # the model and its decoding are the server's: local model options are refused, in one line
     assert main(["tag", str(path), "--server", running.url, "--threshold", "0.3"]) == 2
     assert "--threshold set the local model" in capsys.readouterr().err
+
+
+def _tag_stdin(capsys, path, *options) -> list[str]:
+    import io
+    import sys
+
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(path.read_bytes()))
+    try:
+        assert main(["tag", "-", *options]) == 0
+    finally:
+        sys.stdin = saved
+    return capsys.readouterr().out.splitlines()
 
 
 def test_concurrent_streams_each_get_their_own_events_and_scores(serve, tagger, scene):
