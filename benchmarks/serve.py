@@ -44,7 +44,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np

@@ -142,6 +142,7 @@ class _Sender(threading.Thread):
         self.limit = None if max_seconds is None else max(0, round(max_seconds * source.sample_rate))
         self.error: BaseException | None = None
         self.stopped = False
+        self._halt = False
         frames = max(1, BLOCK_BYTES // (4 * source.channels))
         self.ring = RingBuffer(max(int(10 * source.sample_rate), 2 * frames) if source.live else 4 * frames,
                                source.channels)
@@ -154,7 +155,7 @@ class _Sender(threading.Thread):
         try:
             self.source.start(ring)
             while True:
-                if self.stopping() and not self.stopped:
+                if (self.stopping() or self._halt) and not self.stopped:
                     self.source.stop()
                     ring.cancel()
                     self.stopped = True
@@ -186,7 +187,9 @@ class _Sender(threading.Thread):
             ring.cancel()
 
     def stop(self) -> None:
-        self.source.stop()
+        """End the thread and wait for it. The thread stops the source itself: a sound device stopped from two
+        threads at once can deadlock in PortAudio."""
+        self._halt = True
         self.ring.cancel()
         self.join(timeout=5)
 

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -158,7 +159,8 @@ def _served_url(server: subprocess.Popen) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = server.stderr.readline()
-        if "ws://" in line:
+        if "ws://" in line:  # what it writes later is read too, so that a full pipe never blocks it
+            threading.Thread(target=server.stderr.read, daemon=True).start()
             return line[line.index("ws://"):].split()[0]
         if not line and server.poll() is not None:
             break
