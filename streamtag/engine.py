@@ -121,41 +121,6 @@ class Summary:
         return self.dropped_samples / self.sample_rate
 
 
-class ScoringBatch:
-    """The waiting windows of several streams of one model (pushed with
-    ``score=False``), taken out for one network call.
-
-    :meth:`score` may run on another thread (a server's, so that its event
-    loop goes on receiving audio meanwhile): it touches only the streams'
-    scorers, so none of these engines may be pushed to until :meth:`finish`,
-    which decodes the scores into each stream's events and callbacks on the
-    thread that pushes."""
-
-    def __init__(self, engines: list["Engine"]):
-        self.engines = [e for e in engines if e._pending_frames]
-        self._taken = [e._take_pending() for e in self.engines]
-        self._scores: list[np.ndarray] | None = None
-        self._started = 0.0
-
-    @property
-    def windows(self) -> int:
-        return sum(len(ends) for _, ends in self._taken)
-
-    def score(self) -> None:
-        self._started = time.perf_counter()
-        if self.engines:
-            self._scores = type(self.engines[0]._scorer).push_together(
-                [e._scorer for e in self.engines], [f for f, _ in self._taken], [ends for _, ends in self._taken])
-
-    def finish(self) -> int:
-        """Decode each stream's scores; the number of windows."""
-        if self.engines and self._scores is None:
-            raise RuntimeError("finish() before score()")
-        for engine, (_, ends), scores in zip(self.engines, self._taken, self._scores or ()):
-            engine._finish(ends, scores, self._started)
-        return self.windows
-
-
 class LatencyLog:
     """The last ``size`` durations of one kind, for percentiles without growth."""
 
@@ -387,9 +352,16 @@ class Engine:
         network call, then decode each stream's as :meth:`push` would have; the
         number of windows scored. Each stream's scores equal those it gets alone
         up to float rounding (about 1e-6)."""
-        batch = ScoringBatch(engines)
-        batch.score()
-        return batch.finish()
+        ready = [e for e in engines if e._pending_frames]
+        if not ready:
+            return 0
+        taken = [e._take_pending() for e in ready]
+        started = time.perf_counter()
+        scores = type(ready[0]._scorer).push_together([e._scorer for e in ready], [f for f, _ in taken],
+                                                      [ends for _, ends in taken])
+        for engine, (_, ends), s in zip(ready, taken, scores):
+            engine._finish(ends, s, started)
+        return sum(len(ends) for _, ends in taken)
 
     def close(self) -> Summary:
         """End a pushed stream: score what waits, flush the resampler, close

@@ -26,7 +26,7 @@ Each client opens one stream on one WebSocket connection:
 How the work is shared: every stream has its own engine (frontend, resampler,
 smoothing, events), fed on the event loop as its audio arrives; the windows
 that audio completes wait, and the windows of all streams are scored together
-in one network call per tick (:class:`~streamtag.engine.ScoringBatch`). A tick
+in one network call per tick (:meth:`~streamtag.engine.Engine.score_together`). A tick
 starts ``max_wait`` seconds after the first window waiting for it, or at once
 when ``max_batch`` windows wait: no window waits longer than ``max_wait`` plus
 the time the loop is busy. A stream's scores are the ones it would get alone
@@ -64,7 +64,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from streamtag.audio import check_stream_format
-from streamtag.engine import Engine, LatencyLog, ScoringBatch, Summary, WindowScores
+from streamtag.engine import Engine, LatencyLog, Summary, WindowScores
 from streamtag.errors import StreamtagError
 from streamtag.events import Event
 from streamtag.sources import PcmDecoder, sample_width
@@ -187,9 +187,7 @@ class Batcher:
         if not waiting:
             return
         try:
-            batch = ScoringBatch([engine for engine, _ in waiting])
-            batch.score()
-            self.scored += batch.finish()
+            self.scored += Engine.score_together([engine for engine, _ in waiting])
             self.ticks += 1
             for _, done in waiting:
                 if not done.done():
