@@ -49,7 +49,7 @@ from streamtag.events import Decoding, Event, EventTracker, Smoother
 from streamtag.frontend import Frontend
 from streamtag.ringbuffer import ArrivalMarks, RingBuffer
 from streamtag.scorer import CHUNK_FRAMES, WindowScorer
-from streamtag.sources import Source
+from streamtag.sources import Source, as_float_samples
 
 CLIP_LEVEL = 0.999  # |sample| at or above this is taken as clipped (16-bit full scale is 0.99997)
 
@@ -296,8 +296,9 @@ class Engine:
         self._running = True
 
     def push(self, block: np.ndarray, score: bool = True, arrival: float | None = None) -> None:
-        """Tag the stream's next ``block`` of samples, float ``(frames, channels)`` (or
-        ``(frames,)`` for one channel) in [-1, 1]. With ``score=False`` the
+        """Tag the stream's next ``block`` of samples, ``(frames, channels)`` (or
+        ``(frames,)`` for one channel): float in [-1, 1], or int16, int32 or uint8
+        (:func:`~streamtag.sources.as_float_samples`). With ``score=False`` the
         windows it completes wait for :meth:`score_pending` or
         :meth:`score_together` (their events and callbacks come then).
         ``arrival`` is the ``perf_counter()`` time the block arrived (now by
@@ -306,19 +307,13 @@ class Engine:
         sample after tagging what came before it; the stream stays usable."""
         if self._arrivals is None or self._source is not None:
             raise StreamtagError("push() needs a stream started with open()")
-        block = np.asarray(block)
-        if block.ndim == 1 and self._channels == 1:
-            block = block[:, None]
-        if block.ndim != 2 or block.shape[1] != self._channels:
-            raise StreamtagError(f"expected a block of shape (frames, {self._channels}), got {block.shape}")
-        if not np.issubdtype(block.dtype, np.floating):
-            raise StreamtagError(f"expected float samples in [-1, 1], got {block.dtype} (decode PCM first)")
+        block = as_float_samples(block, self._channels)
         if not len(block):
             return
         self._arrivals.mark(self._position + len(block), arrival)
         position, self._position = self._position, self._position + len(block)
         try:
-            self._feed(block.astype(np.float32, copy=False), position, defer=not score)
+            self._feed(block, position, defer=not score)
         except NonFiniteAudioError:
             self._position = self._read_frames  # what follows the bad sample is not tagged: a gap
             self._dropped += position + len(block) - self._read_frames

@@ -241,18 +241,39 @@ def decode_pcm(raw: bytes, sample_type: str, channels: int) -> np.ndarray:
     scaled as libsndfile scales them, so a pipe and a file give identical samples."""
     width = _WIDTH[sample_type]
     x = np.frombuffer(raw, dtype=_DTYPES[sample_type])
-    if sample_type == "u8":
-        x = (x.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
-    elif sample_type == "s16":
-        x = x.astype(np.float32) * np.float32(1 / 32768)
-    elif sample_type == "s24":
+    if sample_type == "s24":  # three bytes to the top of an int32, then scaled as s32
         b = x.reshape(-1, 3).astype(np.int32)
-        x = ((b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)).astype(np.float32) * np.float32(2.0 ** -31)
-    elif sample_type == "s32":
-        x = x.astype(np.float32) * np.float32(2.0 ** -31)
-    else:
-        x = x.astype(np.float32)
-    return x.reshape(len(raw) // (width * channels), channels)
+        x, sample_type = (b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24), "s32"
+    return _to_float(x, sample_type).reshape(len(raw) // (width * channels), channels)
+
+
+_ARRAY_TYPES = {np.dtype(np.uint8): "u8", np.dtype(np.int16): "s16", np.dtype(np.int32): "s32"}
+
+
+def as_float_samples(block, channels: int) -> np.ndarray:
+    """An array of samples as float32 ``(frames, channels)``: float as it is,
+    int16, int32 or uint8 scaled to [-1, 1) as libsndfile (and :func:`decode_pcm`)
+    scale them. ``(frames,)`` is taken for one channel."""
+    x = np.asarray(block)
+    if x.ndim == 1 and channels == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] != channels:
+        raise StreamtagError(f"expected samples of shape (frames, {channels}), got {x.shape}")
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32, copy=False)
+    if x.dtype not in _ARRAY_TYPES:
+        raise StreamtagError(f"unsupported sample type {x.dtype}: use float, int16, int32 or uint8 samples")
+    return _to_float(x, _ARRAY_TYPES[x.dtype])
+
+
+def _to_float(x: np.ndarray, sample_type: str) -> np.ndarray:
+    if sample_type == "u8":
+        return (x.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
+    if sample_type == "s16":
+        return x.astype(np.float32) * np.float32(1 / 32768)
+    if sample_type == "s32":
+        return x.astype(np.float32) * np.float32(2.0 ** -31)
+    return x.astype(np.float32, copy=False)
 
 
 class PcmDecoder:

@@ -31,30 +31,9 @@ from streamtag.audio import check_stream_format
 from streamtag.engine import Engine, Summary, WindowScores
 from streamtag.errors import StreamtagError
 from streamtag.events import Event
-from streamtag.sources import ArraySource, FileSource, PcmDecoder
+from streamtag.sources import ArraySource, FileSource, PcmDecoder, as_float_samples
 
 Update = tuple[str, "Event | WindowScores"]  # ("open" | "close", Event) or ("window", WindowScores)
-
-_INTEGER_SCALE = {np.dtype(np.int16): 1 / 32768, np.dtype(np.int32): 2.0 ** -31}
-
-
-def as_float_samples(block, channels: int) -> np.ndarray:
-    """``block`` as float32 ``(frames, channels)``, integers scaled to [-1, 1) as
-    libsndfile scales them. Takes an array of float, int16, int32 or uint8
-    samples, ``(frames, channels)`` or ``(frames,)`` for one channel."""
-    x = np.asarray(block)
-    if x.ndim == 1 and channels == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[1] != channels:
-        raise StreamtagError(f"expected samples of shape (frames, {channels}), got {x.shape}")
-    if np.issubdtype(x.dtype, np.floating):
-        return x.astype(np.float32, copy=False)
-    if x.dtype in _INTEGER_SCALE:
-        return x.astype(np.float32) * np.float32(_INTEGER_SCALE[x.dtype])
-    if x.dtype == np.uint8:
-        return (x.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
-    raise StreamtagError(f"unsupported sample type {x.dtype}: use float, int16, int32 or uint8 samples")
-
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -165,7 +144,7 @@ class Stream:
                 raise StreamtagError("bytes need the stream's sample_type (e.g. 's16'); or push arrays")
             self.engine.push(self._decoder.decode(block))
         else:
-            self.engine.push(as_float_samples(block, self.channels))
+            self.engine.push(block)
         return self._take()
 
     def close(self) -> list[Update]:
