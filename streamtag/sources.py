@@ -335,7 +335,7 @@ class _ByteStreamSource(_Reader):
         self._limit = limit  # bytes of samples the header promised, None if unknown
 
     def _blocks(self) -> Iterator[np.ndarray]:
-        pending = b""
+        decoder = PcmDecoder(self.sample_type, self.channels, self.name)  # carries a frame split across reads
         total = 0
         while self._limit is None or total < self._limit:
             want = _READ if self._limit is None else min(_READ, self._limit - total)
@@ -343,17 +343,15 @@ class _ByteStreamSource(_Reader):
             if not data:
                 break
             total += len(data)
-            pending += data
-            whole = len(pending) - len(pending) % self._frame_bytes
-            if whole:
-                yield decode_pcm(pending[:whole], self.sample_type, self.channels)
-                pending = pending[whole:]
-        frames = total // self._frame_bytes
+            block = decoder.decode(data)
+            if len(block):
+                yield block
+        frames, left = divmod(total, self._frame_bytes)
         if total == 0:
             raise EmptyAudioError(f"{self.name}: the stream holds no samples")
-        if pending:
+        if left:
             raise TruncatedAudioError(f"{self.name}: truncated: the stream ended inside a sample frame after "
-                                      f"{frames} whole frames ({len(pending)} bytes left over)")
+                                      f"{frames} whole frames ({left} bytes left over)")
         if self._limit is not None and total < self._limit:
             raise TruncatedAudioError(f"{self.name}: truncated: the header declares {self._limit} bytes of "
                                       f"samples, the stream ended after {total}")
