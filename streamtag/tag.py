@@ -204,9 +204,12 @@ def run(args: argparse.Namespace) -> int:
     _check_format(fmt, args, len(plan))
     if args.server:
         _check_remote(args)
-        tagger = None
+        tagger = engine = None
     else:
+        if args.token is not None:
+            raise StreamtagError("--token goes with --server")
         tagger = _local_tagger(args)
+        engine = tagger.engine()  # one for every input: run() starts each afresh
     try:
         stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     except OSError as exc:
@@ -239,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.update(task, description=Path(name).name, completed=i)
                 try:
                     source = open_source()
-                    tagging = RemoteSession(args.server) if args.server else tagger.engine()
+                    tagging = RemoteSession(args.server, args.token) if args.server else engine
                     duration = source.frames / source.sample_rate if source.frames else None
 
                     def on_window(window, i=i, duration=duration):

@@ -288,8 +288,16 @@ def _disconnect(url, samples) -> None:
         ws.socket.close()
 
 
-def test_a_token_is_required_where_one_is_set(serve, tagger, scene):
+def test_a_token_is_required_where_one_is_set(serve, tagger, scene, tmp_path, capsys, monkeypatch):
     running = serve(token="s3cret")
+    monkeypatch.delenv("STREAMTAG_TOKEN", raising=False)
+    path = tmp_path / "street.wav"
+    sf.write(path, scene[:3 * RATE], RATE, subtype="PCM_16")
+    assert main(["tag", str(path), "-f", "jsonl", "-q", "--server", running.url]) == 2
+    assert "refused the stream" in capsys.readouterr().err
+    assert main(["tag", str(path), "-f", "jsonl", "-q", "--server", running.url, "--token", "s3cret"]) == 0
+    assert [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()] == \
+        [e[0] for e in alone(tagger, scene[:3 * RATE])]
     for token in (None, "wrong"):
         with pytest.raises(InvalidStatus, match="401"):
             stream(running.url, scene[:RATE], token=token)
@@ -297,7 +305,7 @@ def test_a_token_is_required_where_one_is_set(serve, tagger, scene):
     assert code == 1000 and lines[-1]["type"] == "summary"
     lines, code, _ = stream(running.url + "?token=s3cret", scene[:2 * RATE])
     assert code == 1000
-    assert running.server.closed["unauthorized"] == 2
+    assert running.server.closed["unauthorized"] == 3
     with pytest.raises(StreamtagError, match="needs a token"):
         Server(tagger, "0.0.0.0", 0)
 
