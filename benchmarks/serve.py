@@ -1,4 +1,4 @@
-"""Serve: how many live streams one ``streamtag serve`` process carries.
+"""Serve: how many live streams `streamtag serve` carries on this machine, one worker process per core.
 
 A server (``streamtag serve --workers CORES``: one worker process per core,
 each a whole server with the command's defaults: the bundled default model at
