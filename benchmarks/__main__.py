@@ -9,7 +9,8 @@ Parts, in order:
 - ``dashboard``: the cost of drawing a frame of ``streamtag live``, and the live latency with it beside without;
 - ``files``: real-time factor and peak memory of ``streamtag tag`` on an hour of audio, beside a baseline;
 - ``soak``: the live path's memory over an hour of audio played faster than real time;
-- ``serve``: how many live streams one ``streamtag serve`` carries at p99 <= 100 ms, beside a process per stream.
+- ``serve``: how many live streams one ``streamtag serve`` carries at p99 <= 100 ms, beside a process per stream;
+- ``archive``: ``streamtag archive`` on a local Ray cluster of 1 and 2 workers, beside one ``streamtag tag`` process.
 
 Each part writes ``OUT/<part>.json``: its figures, the machine, load, versions
 and commit they were measured with, and how long it took. ``OUT/results.md``
@@ -34,13 +35,13 @@ from pathlib import Path
 from benchmarks.report import REPO, describe, machine, markdown
 from benchmarks.soak import FLAT_MB
 
-PARTS = ("frontend", "model", "gpu", "live", "dashboard", "files", "soak", "serve")
-WITH_PROGRESS = {"live", "files", "soak", "serve"}  # parts long enough to report progress
+PARTS = ("frontend", "model", "gpu", "live", "dashboard", "files", "soak", "serve", "archive")
+WITH_PROGRESS = {"live", "files", "soak", "serve", "archive"}  # parts long enough to report progress
 RESULTS = REPO / "benchmarks" / "results"
 QUICK_RESULTS = REPO / "runs" / "bench-quick"
 TITLES = {"frontend": "Frontend", "model": "Model on the CPU", "gpu": "Model on CUDA", "live": "End to end, live",
           "dashboard": "Live dashboard", "files": "Files", "soak": "Soak",
-          "serve": "Many streams: streamtag serve"}
+          "serve": "Many streams: streamtag serve", "archive": "An archive on Ray: streamtag archive"}
 
 # (part, what, key of the value in the part's figures, comparison, goal, how to show a value, what else
 # to say about it, with the part's figures in braces). The goals are for a 2-core CPU.

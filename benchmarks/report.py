@@ -187,6 +187,8 @@ def markdown(table) -> str:
     lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in columns) + "|")
     for row in zip(*(list(c.cells) for c in columns)):
         lines.append("| " + " | ".join(text(cell) for cell in row) + " |")
+    if table.caption:
+        lines += ["", text(table.caption)]
     return "\n".join(lines)
 
 

@@ -122,6 +122,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from streamtag.archive import main as archive
+
+    return archive(args)
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from streamtag.tag import devices
 
@@ -301,6 +307,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print streams, windows, latency and drops every SECONDS on standard error")
     p.set_defaults(run=_cmd_serve)
 
+    p = sub.add_parser("archive", help="tag a folder or manifest of recordings on a Ray cluster, resumable",
+                       description="Tag every audio file under FOLDER (or listed in --manifest) with a pool of "
+                                   "workers on Ray (a local cluster, or a running one with --address): per file the "
+                                   "outputs `streamtag tag` writes, plus merged tables (events.*, files.csv). A "
+                                   "rerun skips the files already done; a worker lost mid-run has its file redone. "
+                                   "Needs the cluster extra: pip install 'streamtag[cluster]'.")
+    p.add_argument("folder", nargs="?", help="folder of recordings (searched recursively)")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="a text file listing the recordings, one path per line (relative to its folder)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (made if missing)")
+    p.add_argument("-f", "--format", default="csv,dcase", metavar="LIST",
+                   help="comma list of jsonl, csv, dcase, audacity (default csv,dcase)")
+    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
+    p.add_argument("--hop", type=int, metavar="FRAMES", help="frames between windows (default: the model's)")
+    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
+    _add_decoding_options(p)
+    p.add_argument("--int8", action="store_true", help=INT8_HELP)
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="a running Ray cluster (auto, or HOST:6379, or ray://HOST:10001); default: start a local "
+                        "one for this run")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="workers, each a process with one model (default: one per core locally, 1 on a cluster)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads per worker (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs each worker takes, its network running there (e.g. 1, or 0.25 to share one by four; "
+                        "default 0: CPU)")
+    p.add_argument("--report-every", type=float, default=30.0, metavar="SECONDS",
+                   help="a progress line this often when standard error is not a terminal (default 30)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on standard error")
+    p.set_defaults(run=_cmd_archive)
+
     p = sub.add_parser("live", help="a live dashboard of sound tags from a microphone, a file or the demo scene",
                        description="Tag sound live with a terminal dashboard: a bar per class, an event log, the "
                                    "input level, a log-mel spectrogram and the pipeline's latency. Listens to the "
@@ -327,11 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks (latency, throughput, memory) from a source checkout",
                        description="Run `python -m benchmarks` in the streamtag repository this command comes from: "
-                                   "frontend, model, GPU, live end-to-end latency, dashboard, files, soak and "
-                                   "serve (many streams) benchmarks, written as JSON, a Markdown table and PNG plots.")
+                                   "frontend, model, GPU, live end-to-end latency, dashboard, files, soak, "
+                                   "serve (many streams) and archive (Ray) benchmarks, written as JSON, a Markdown table and PNG plots.")
     p.add_argument("--quick", action="store_true", help="tiny inputs: proves every part works; figures mean nothing")
     p.add_argument("--only", metavar="PARTS",
-                   help="comma-separated parts: frontend, model, gpu, live, dashboard, files, soak, serve")
+                   help="comma-separated parts: frontend, model, gpu, live, dashboard, files, soak, serve, archive")
     p.add_argument("--out", metavar="DIR", help="where to write (default: benchmarks/results, or runs/bench-quick "
                                                 "with --quick)")
     p.set_defaults(run=_cmd_bench)

@@ -4,15 +4,22 @@
     python -m train features /data/UrbanSound8K --dataset us8k
     python -m train compare runs/esc10-* -o results/esc10.md
     python -m train compare results/default-model-cv*.json
+    torchrun --nproc_per_node 2 -m train cv /data/ESC-10 --dataset esc10 --threads 1 --out runs/esc10-short
+
+Under torchrun the training commands (:data:`TRAINING`) split every batch among
+the ranks and rank 0 writes (:mod:`train.fit.ranks`); the other commands run on rank 0 only.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
+
+TRAINING = ("cv", "multilabel", "strong")  # the commands that train on every rank under torchrun
 
 
 def _positive(text: str) -> int:
@@ -84,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
+def _load(args, quiet: bool = False):
     from streamtag.features import FeatureSpec
     from train.data.cache import load_features
     from train.data.datasets import read_dataset
 
     dataset = read_dataset(args.dataset, args.data)
-    return load_features(dataset, FeatureSpec(), args.cache, quiet=getattr(args, "quiet", False))
+    return load_features(dataset, FeatureSpec(), args.cache, quiet=quiet)
 
 
 def _cmd_features(args) -> int:
@@ -141,6 +148,7 @@ def _cmd_cv(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from train.fit import ranks
     from train.fit.crossval import cross_validate, fit
     from train.fit.loop import Recipe
     from train.reports.runs import write_run
@@ -154,8 +162,8 @@ def _cmd_cv(args) -> int:
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out or f"runs/{args.dataset}-{args.window}")
-    console = Console(stderr=True)
-    feats = _load(args)
+    console = Console(stderr=True, quiet=not ranks.is_main())
+    feats = ranks.local_first(lambda: _load(args, args.quiet or not ranks.is_main()))
     console.print(feats.dataset.summary())
     folds = args.folds or feats.dataset.folds
     absent = sorted(set(folds) - set(feats.dataset.folds))
@@ -191,13 +199,18 @@ def _cmd_cv(args) -> int:
     info = {"name": out.name, "dataset": feats.dataset.name, "dataset_summary": feats.dataset.summary(),
             "window": args.window, "recipe": recipe_text, "augment": augment.describe(), "command": command,
             "config": {**dataclasses.asdict(recipe), "augment": dataclasses.asdict(augment), "device": device}}
-    summary = write_run(out, results, feats.dataset.classes, info)
-    console.print(f"{out.name}: clip accuracy {100 * summary['prob']['mean']:.1f}% (prob vote), "
-                  f"{100 * summary['majority']['mean']:.1f}% (majority), segment {100 * summary['segment']['mean']:.1f}% "
-                  f"-> {out}/results.md")
-    if args.export:
+    if ranks.is_main():
+        summary = write_run(out, results, feats.dataset.classes, info)
+        console.print(f"{out.name}: clip accuracy {100 * summary['prob']['mean']:.1f}% (prob vote), "
+                      f"{100 * summary['majority']['mean']:.1f}% (majority), segment "
+                      f"{100 * summary['segment']['mean']:.1f}% -> {out}/results.md")
+    if args.export == "all":  # every rank trains it
         import numpy as np
 
+        console.print("training the exported model on every present fold")
+        net, history = fit(feats, np.arange(len(feats.dataset.clips)), args.window, recipe, augment,
+                           args.seeds[0], device, args.val_fraction, train_stride=args.train_stride)
+    if args.export and ranks.is_main():
         from streamtag.modelfile import save_model
 
         provenance = {"dataset": feats.dataset.summary(), "command": command, "recipe": recipe_text,
@@ -208,9 +221,6 @@ def _cmd_cv(args) -> int:
             provenance.update(trained_on_folds=train_folds, tested_on_fold=r["fold"], test_clip_accuracy_prob=r["prob"],
                               test_clip_accuracy_majority=r["majority"], seed=r["seed"], epochs=r["epochs"])
         else:
-            console.print("training the exported model on every present fold")
-            net, history = fit(feats, np.arange(len(feats.dataset.clips)), args.window, recipe, augment,
-                               args.seeds[0], device, args.val_fraction, train_stride=args.train_stride)
             provenance.update(trained_on_folds=feats.dataset.folds, seed=args.seeds[0], epochs=len(history))
         length, stride = WINDOWS[args.window]
         save_model(out / "model.pt", net.cpu(), classes=feats.dataset.classes, spec=feats.spec,
@@ -223,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from streamtag.errors import StreamtagError
 
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command in TRAINING
+    if not distributed and os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, a command that trains nothing runs once, on rank 0
+    if distributed:
+        from train.fit import ranks
+
+        ranks.start()
     try:
         return args.run(args)
     except StreamtagError as exc:
@@ -230,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if distributed:
+            ranks.stop()
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def _cmd_multilabel(args) -> int:
 
     from streamtag.features import FeatureSpec
     from train.data.cache import load_features
+    from train.fit import ranks
     from train.fit.loop import Recipe
     from train.fit.multilabel import Overlays
 
@@ -173,8 +174,9 @@ def _cmd_multilabel(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail(f"--device {device}: CUDA is not available here; use --device cpu")
-    console = Console(stderr=True)
-    feats = load_features(read_dataset(args.dataset, args.data), FeatureSpec(), args.cache, quiet=args.quiet)
+    console = Console(stderr=True, quiet=not ranks.is_main())
+    feats = ranks.local_first(lambda: load_features(read_dataset(args.dataset, args.data), FeatureSpec(), args.cache,
+                                                    quiet=args.quiet or not ranks.is_main()))
     dataset = feats.dataset
     console.print(dataset.summary())
     folds = args.folds or dataset.folds
@@ -211,6 +213,7 @@ def _cmd_multilabel(args) -> int:
 
 def _study(args, feats, recipe, overlays, augment, inits, folds, device, recipe_text, data_text, on_epoch,
            console) -> None:
+    from train.fit import ranks
     from train.fit.multilabel import study
     from train.reports.multilabel import write_study
 
@@ -238,6 +241,8 @@ def _study(args, feats, recipe, overlays, augment, inits, folds, device, recipe_
                        "train_fraction": args.train_fraction, "device": device}}
 
     def on_result(results):
+        if not ranks.is_main():
+            return
         write_study(args.out, results, dataset.classes, info)
         r = results[-1]
         console.print(f"fold {r['fold']} {r['init']}: single-clip accuracy {100 * r['sets']['single']['all']:.1f}%, "
@@ -254,6 +259,7 @@ def _train_and_export(args, feats, recipe, overlays, augment, init, device, reci
     import numpy as np
 
     from streamtag.modelfile import save_model
+    from train.fit import ranks
     from train.fit.multilabel import train_multilabel
     from train.data.segments import WINDOWS
 
@@ -262,6 +268,8 @@ def _train_and_export(args, feats, recipe, overlays, augment, init, device, reci
         overlays = dataclasses.replace(overlays, pretrain_epochs=0)
     trained = train_multilabel(feats, np.arange(len(dataset.clips)), args.window, recipe, overlays, augment,
                                args.seed, device, args.val_fraction, on_epoch)
+    if not ranks.is_main():
+        return
     val = trained.val
     metrics = {"val_map": val["map"], "val_single_accuracy": val["sets"]["single"]["all"],
                "val_equal_both_correct": val["sets"]["equal"]["all"],

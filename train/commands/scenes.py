@@ -268,13 +268,14 @@ def _cmd_strong(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from train.data.segments import WINDOWS
+    from train.fit import ranks
     from train.fit.loop import Recipe
     from train.fit.strong import Scenes, export_tuned, train_strong
 
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    console = Console(stderr=True)
-    feats = _load_features(args)
+    console = Console(stderr=True, quiet=not ranks.is_main())
+    feats = ranks.local_first(lambda: _load_features(args, quiet=not ranks.is_main()))
     console.print(feats.dataset.summary())
     fold_of = np.array([c.fold for c in feats.dataset.clips])
     train_ids = np.flatnonzero(fold_of != args.test_fold) if args.test_fold is not None else np.arange(len(fold_of))
@@ -300,6 +301,8 @@ def _cmd_strong(args) -> int:
 
         trained = train_strong(feats, train_ids, args.window, recipe, scenes, augment, args.seed, device,
                                args.val_fraction, on_epoch)
+    if not ranks.is_main():
+        return 0
     train_folds = sorted({int(f) for f in fold_of[train_ids]})
     provenance = {"dataset": feats.dataset.summary(), "data": args.data, "folds": train_folds,
                   "command": _command(), "recipe": "strong labels on soundscapes",
@@ -325,9 +328,9 @@ def _cmd_tune(args) -> int:
     return 0
 
 
-def _load_features(args):
+def _load_features(args, quiet: bool = False):
     from streamtag.features import FeatureSpec
     from train.data.cache import load_features
     from train.data.datasets import read_dataset
 
-    return load_features(read_dataset(args.dataset, args.data), FeatureSpec(), args.cache)
+    return load_features(read_dataset(args.dataset, args.data), FeatureSpec(), args.cache, quiet=quiet)

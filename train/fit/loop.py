@@ -7,6 +7,9 @@ multilabel (sigmoid) head. Training runs for a fixed number of epochs or, with
 ``patience``, stops early when clip accuracy on validation clips (held out by
 clip, never by segment) has not improved for that many epochs, and restores
 the best weights.
+
+Under ``torchrun`` the same loop runs on every rank, each on its rows of every
+batch, with the gradients averaged (:mod:`train.fit.ranks`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 
 from train.data.augment import spec_augment
 from train.evaluate.clips import predict, scores
+from train.fit import ranks
 
 
 @dataclasses.dataclass
@@ -72,39 +76,47 @@ def train(net, source, recipe: Recipe, rng: np.random.Generator, device: str = "
     watch = watch or {}
     best, best_acc, stale = None, -1.0, 0
     history = []
-    for epoch in range(1, recipe.epochs + 1):
-        if recipe.schedule == "cosine":
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / recipe.epochs))
-        t0 = time.perf_counter()
-        total, count = 0.0, 0
-        for x, y in source.epoch(rng):
-            if len(x) < 2:  # batch norm needs two examples
-                continue
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            if specaugment:
-                x = spec_augment(x, net.feature_mean)
-            loss = criterion(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(x)
-            count += len(x)
-        row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
-        for name, (frames, segments, labels) in watch.items():
-            if name != "val" and epoch % eval_every and epoch != recipe.epochs:
-                continue
-            row[f"{name}_acc"] = scores(predict(net, frames, segments, device), segments.clip, labels)["prob"]
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        if recipe.patience and "val" in watch:
-            if row["val_acc"] > best_acc:
-                best, best_acc, stale = copy.deepcopy(net.state_dict()), row["val_acc"], 0
-            else:
-                stale += 1
-                if stale >= recipe.patience:
-                    break
+    with ranks.replicas(net) as (model, shard):  # under torchrun: this rank's rows, gradients averaged
+        for epoch in range(1, recipe.epochs + 1):
+            if recipe.schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / recipe.epochs))
+            t0 = time.perf_counter()
+            total, count = 0.0, 0
+            for x, y in source.epoch(rng):
+                if len(x) < 2:  # batch norm needs two examples
+                    continue
+                x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                if specaugment:  # on the whole batch: torch's generator moves on as in one process
+                    x = spec_augment(x, net.feature_mean)
+                if shard is not None:
+                    x, y = x[shard.rows(len(x))], y[shard.part]
+                logits = model(x)
+                loss = criterion(logits, y) if len(x) else logits.sum()  # an empty shard still joins the all-reduces
+                opt.zero_grad(set_to_none=True)
+                (loss * shard.weight(len(x)) if shard is not None else loss).backward()
+                opt.step()
+                total += loss.item() * len(x)
+                count += len(x)
+            if shard is not None:
+                total, count = ranks.total(total, count)
+            row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
+            for name, (frames, segments, labels) in watch.items():
+                if name != "val" and epoch % eval_every and epoch != recipe.epochs:
+                    continue
+                row[f"{name}_acc"] = scores(predict(net, frames, segments, device), segments.clip, labels)["prob"]
+            if shard is not None and "val_acc" in row:
+                row["val_acc"] = ranks.from_main(row["val_acc"])
+            history.append(row)
+            if on_epoch:
+                on_epoch(row)
+            if recipe.patience and "val" in watch:
+                if row["val_acc"] > best_acc:
+                    best, best_acc, stale = copy.deepcopy(net.state_dict()), row["val_acc"], 0
+                else:
+                    stale += 1
+                    if stale >= recipe.patience:
+                        break
     if best is not None:
         net.load_state_dict(best)
     net.eval()
