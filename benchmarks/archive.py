@@ -187,7 +187,7 @@ def table(result: dict):
                   f"{entry['runs'][0]['audio_s'] / 3600:.2f}", f"{b['wall_s']:.1f}", f"{b['rtf']:.0f}x", "", "", "",
                   "")
     for p in result["projection"]:
-        t.add_row("PROJECTION, not measured: a year of one sensor", f"{p['workers']} workers", "", "8760",
+        t.add_row("PROJECTION (from the figures above): a year of one sensor", f"{p['workers']} workers", "", "8760",
                   f"{p['year_hours'] * 3600:.0f}", f"{p['rtf']:.0f}x", "", "", "", "")
     writes = 1e3 / result["driver_write_ms"]  # files a second the driver can write
     per_worker = result["worker_steady_rtf"] * result["efficiency"]

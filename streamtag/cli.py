@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks (latency, throughput, memory) from a source checkout",
                        description="Run `python -m benchmarks` in the streamtag repository this command comes from: "
                                    "frontend, model, GPU, live end-to-end latency, dashboard, files, soak, "
-                                   "serve (many streams) and archive (Ray) benchmarks, written as JSON, a Markdown table and PNG plots.")
+                                   "serve (many streams) and archive (Ray) benchmarks, written as JSON, a Markdown "
+                                   "table and PNG plots.")
     p.add_argument("--quick", action="store_true", help="tiny inputs: proves every part works; figures mean nothing")
     p.add_argument("--only", metavar="PARTS",
                    help="comma-separated parts: frontend, model, gpu, live, dashboard, files, soak, serve, archive")
