@@ -8,26 +8,31 @@ A year of one sensor is 8,760 hours: many hours of one machine. Here the driver
 lists the files (a folder's audio files, recursively, or a manifest's lines),
 leaves out those already done, and hands the rest to Ray Data: a pool of
 workers (Ray actors), each holding one :class:`~streamtag.tagger.Tagger`, reads
-and tags one file at a time through the same engine as ``streamtag tag`` and
-returns its events. The driver writes each file's outputs as its result
-arrives, and at the end one merged table per format.
+and tags one file at a time through the same engine as ``streamtag tag``,
+writes that file's outputs and tells the driver. The driver follows the
+progress and at the end writes one merged table per format.
 
 Why the work is cut this way:
 
-- **Exactly once.** Only the driver writes, and each output is written to a
-  temporary name and renamed into place, with the file's record (``.json``)
-  last: a file is done completely or not at all. A worker that dies loses the
-  file in its hands only: Ray restarts the actor and runs that file again, and
-  its result reaches the driver once. A rerun reads the records and skips what
-  is done; the merged tables are built from the per-file outputs in listing
+- **Exactly once.** Each output is written to a temporary name and renamed
+  into place, with the file's record (``.json``) last: a file is done
+  completely or not at all. A worker that dies loses only the files in its
+  hands: Ray restarts the actor and runs them again (rewriting any it had
+  finished, to the same outputs). A rerun reads the records and skips what is
+  done; the merged tables are built from the per-file outputs in listing
   order, so each file's events appear once however often a run was resumed.
+- **The workers write** their files' outputs, so writing scales with them:
+  rendering and writing a 5-minute file's outputs takes about as long as
+  tagging 2 s of it, and the driver alone would have limited a cluster to a
+  few hundred workers on such files and a few dozen on 4-s clips
+  (``benchmarks/archive.py``). The driver checks that each file's record
+  reached the output folder.
 - **One set of settings per output folder.** The model (by content hash) and
   the decoding options are kept in ``archive.json``; a rerun with others is
   refused rather than mixing two models' events in one table.
 - **The workers read the files themselves** (no audio crosses the network
-  through the driver), so on a cluster every node must see the files at the
-  same path (a shared filesystem), as it must see ``--out``'s parent only
-  through the driver.
+  through the driver), so on a cluster every node must see the recordings and
+  the output folder at the same paths (a shared filesystem).
 
 Output folder: ``files/<path>.<ext>`` per input and format (what ``streamtag
 tag -f FORMAT`` writes for it), ``files/<path>.json`` (its record: seconds,
@@ -117,7 +122,7 @@ def read_manifest(manifest: str) -> list[Item]:
 
 def tag_file(tagger, item_path: str, absolute: str) -> dict:
     """Tag one file as ``streamtag tag`` does (one engine run over a FileSource): its record,
-    with the events at full precision so that the driver's sinks write what ``tag`` writes."""
+    with the events at full precision, so that the sinks write from it what ``tag`` writes."""
     from streamtag.sources import FileSource
 
     events: list[list] = []
@@ -140,22 +145,35 @@ def tag_file(tagger, item_path: str, absolute: str) -> dict:
 
 
 class ArchiveWorker:
-    """A Ray Data actor: one Tagger, loaded once, for every file the worker is given."""
+    """A Ray Data actor: one Tagger, loaded once, tags each file it is given and writes its
+    outputs; what it hands back is a summary a file (path, seconds, events, error)."""
 
-    def __init__(self, model: str | None, device: str, int8: bool, decoding: dict, threads: int):
+    def __init__(self, model: str | None, device: str, int8: bool, decoding: dict, threads: int, out: str,
+                 formats: list[str]):
         import torch
 
         from streamtag.tagger import Tagger
 
         torch.set_num_threads(threads)
         self.tagger = Tagger(model, device=device, int8=int8, **decoding)
+        self.outputs = Outputs(out, formats)
 
     def __call__(self, batch: dict) -> dict:
-        records = [tag_file(self.tagger, str(p), str(a)) for p, a in zip(batch["path"], batch["absolute"])]
-        return {"path": [r["path"] for r in records], "record": [json.dumps(r) for r in records]}
+        summaries = []
+        for path, absolute, rel in zip(batch["path"], batch["absolute"], batch["rel"]):
+            record = tag_file(self.tagger, str(path), str(absolute))
+            try:
+                self.outputs.write(str(rel), record, self.tagger.classes)
+                unwritten = None
+            except StreamtagError as exc:  # the driver stops the run with it
+                unwritten = str(exc)
+            summaries.append(json.dumps({"path": record["path"], "seconds": record["seconds"],
+                                         "events": len(record["events"]), "error": record["error"],
+                                         "unwritten": unwritten}))
+        return {"summary": summaries}
 
 
-# --- the driver's side ---------------------------------------------------------------------------------------------
+# --- the output folder ---------------------------------------------------------------------------------------------
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place: a reader
@@ -179,28 +197,12 @@ def render(fmt: str, record: dict, classes: list[str]) -> str:
     return stream.getvalue()
 
 
-class Archive:
-    """An output folder: which inputs are done, their outputs, the merged tables."""
+class Outputs:
+    """Each input's outputs in an output folder: where they go, whether they are whole, writing them."""
 
-    def __init__(self, out: str, formats: list[str], settings: dict):
+    def __init__(self, out: str, formats: list[str]):
         self.out, self.formats = Path(out), formats
         self.files = self.out / "files"
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StreamtagError(f"cannot create {out}: {exc.strerror}") from None
-        kept = self.out / "archive.json"
-        if kept.exists():
-            try:
-                before = json.loads(kept.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                raise StreamtagError(f"{kept} is damaged; remove it, or use another --out") from None
-            if before != settings:
-                changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-                raise StreamtagError(f"{out} holds results of other settings ({', '.join(changed)} differ); "
-                                     "use another --out, or the same model and options")
-        else:
-            _write_atomic(kept, json.dumps(settings, indent=2) + "\n")
 
     def output(self, item_rel: str, suffix: str) -> Path:
         return self.files / (item_rel + suffix)
@@ -222,6 +224,30 @@ class Archive:
             _write_atomic(self.output(rel, RECORD), json.dumps(record) + "\n")  # last: it says the rest is there
         except OSError as exc:
             raise StreamtagError(f"cannot write {self.output(rel, RECORD).parent}: {exc.strerror}") from None
+
+
+class Archive(Outputs):
+    """The output folder as the driver keeps it: the settings its results were made with, and
+    the merged tables."""
+
+    def __init__(self, out: str, formats: list[str], settings: dict):
+        super().__init__(out, formats)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StreamtagError(f"cannot create {out}: {exc.strerror}") from None
+        kept = self.out / "archive.json"
+        if kept.exists():
+            try:
+                before = json.loads(kept.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise StreamtagError(f"{kept} is damaged; remove it, or use another --out") from None
+            if before != settings:
+                changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+                raise StreamtagError(f"{out} holds results of other settings ({', '.join(changed)} differ); "
+                                     "use another --out, or the same model and options")
+        else:
+            _write_atomic(kept, json.dumps(settings, indent=2) + "\n")
 
     def merge(self, items: list[Item], classes: list[str]) -> list[dict]:
         """``events.<ext>`` per format (audacity excepted) and ``files.csv``, from the per-file
@@ -366,8 +392,8 @@ def run_archive(items: list[Item], out: str, formats: list[str], *, model: str |
                 on_record=None) -> ArchiveRun:
     """Tag ``items`` into the output folder ``out`` with ``workers`` Ray workers (default: one per
     core here, or per ``threads`` CPUs, or ``gpus_per_worker`` GPUs, of the cluster at ``address``).
-    ``on_start(to_tag, done_before)`` is called once the folder is read, ``on_record(record)`` as
-    each file's outputs are written."""
+    ``on_start(to_tag, done_before)`` is called once the folder is read, ``on_record(summary)`` as
+    each file's outputs are written (its path, seconds, events and error)."""
     from streamtag.tagger import Tagger
 
     decoding = decoding or {}
@@ -397,21 +423,26 @@ def run_archive(items: list[Item], out: str, formats: list[str], *, model: str |
             # Blocks (a task each, what a lost worker redoes) of one file where there are few, up to 32 where
             # there are many: a task costs milliseconds, as much as tagging a short clip (benchmarks/archive.py).
             per_block = max(1, min(32, len(todo) // (16 * workers)))
-            dataset = ray.data.from_items([{"path": i.path, "absolute": i.absolute} for i in todo],
+            dataset = ray.data.from_items([{"path": i.path, "absolute": i.absolute, "rel": i.rel} for i in todo],
                                           override_num_blocks=-(-len(todo) // per_block))
             results = dataset.map_batches(
                 ArchiveWorker, batch_size=1, num_cpus=threads, num_gpus=gpus_per_worker,
                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo)), max_tasks_in_flight_per_actor=2),
                 fn_constructor_kwargs=dict(model=str(Path(model).resolve()) if model else None,
                                            device="cuda" if gpus_per_worker else "cpu", int8=int8,
-                                           decoding=decoding, threads=threads))
+                                           decoding=decoding, threads=threads, out=str(archive.out.resolve()),
+                                           formats=formats))
             seen = set()
             for row in results.iter_rows():
-                record = json.loads(row["record"])
-                archive.write(by_path[record["path"]].rel, record, classes)  # a second copy would only replace it
-                if on_record and record["path"] not in seen:
-                    on_record(record)
-                seen.add(record["path"])
+                summary = json.loads(row["summary"])
+                if summary["unwritten"]:
+                    raise StreamtagError(f"a worker could not write its outputs: {summary['unwritten']}")
+                if not archive.output(by_path[summary["path"]].rel, RECORD).is_file():
+                    raise StreamtagError(f"the outputs of {summary['path']} were written where this machine does "
+                                         f"not see them: on a cluster, {out} must be a folder every node shares")
+                if on_record and summary["path"] not in seen:  # a block run again reports its files again
+                    on_record(summary)
+                seen.add(summary["path"])
         except ray.exceptions.RayError as exc:
             raise StreamtagError(f"the Ray workers failed: {_first_line(exc)}") from None
         finally:

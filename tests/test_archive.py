@@ -277,3 +277,15 @@ def test_a_running_cluster_is_found_by_its_address(ray_installed, recordings, re
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert f"cannot reach the Ray cluster at {address}" in refused.stderr
+
+
+def test_a_worker_that_cannot_write_stops_the_run_in_one_line(ray_installed, recordings, tmp_path):
+    out = tmp_path / "tags"
+    out.mkdir()
+    (out / "files").write_text("a file where the outputs' folder should be\n")
+    run = subprocess.run(archive_cli(recordings / "north", "-o", out, "--workers", "1"), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("streamtag: error: a worker could not write its outputs: cannot write ") and \
+        str(out / "files") in last and "Traceback" not in run.stderr
