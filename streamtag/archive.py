@@ -51,6 +51,7 @@ import json
 import os
 import time
 from pathlib import Path
+
 import numpy as np
 
 from streamtag.errors import StreamtagError
@@ -104,16 +105,17 @@ def read_manifest(manifest: str) -> list[Item]:
         raise StreamtagError(f"cannot read manifest {manifest}: {getattr(exc, 'strerror', None) or exc}") from None
     base = os.path.dirname(manifest)
     paths = []
-    for number, line in enumerate(lines, 1):
+    for line in lines:
         entry = line.split("#", 1)[0].strip()
         if entry:
             paths.append(entry if os.path.isabs(entry) else os.path.join(base, entry))
     if not paths:
         raise StreamtagError(f"manifest {manifest} lists no files")
-    absolute = [os.path.abspath(p) for p in paths]
-    if len(set(absolute)) < len(absolute):
-        twice = next(p for p in absolute if absolute.count(p) > 1)
-        raise StreamtagError(f"manifest {manifest} lists {twice} more than once")
+    absolute, seen = [os.path.abspath(p) for p in paths], set()
+    for a in absolute:
+        if a in seen:
+            raise StreamtagError(f"manifest {manifest} lists {a} more than once")
+        seen.add(a)
     root = os.path.commonpath([os.path.dirname(p) for p in absolute])
     return [Item(p, Path(os.path.relpath(a, root)).as_posix(), a) for p, a in zip(paths, absolute)]
 
