@@ -87,7 +87,8 @@ class _WorkerMemory:
         return self.peak_mb
 
 
-def _archive_run(items, out: Path, workers: int) -> dict:
+def _archive_run(items, out: Path, workers: int) -> tuple[dict, list[dict]]:
+    """The run's figures, and the records it left in ``out``."""
     from streamtag.archive import run_archive
 
     times: list[float] = []
@@ -101,8 +102,7 @@ def _archive_run(items, out: Path, workers: int) -> dict:
     steady = (audio - first_file) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
     return {"workers": workers, "files": len(records), "audio_s": audio, "wall_s": wall, "rtf": audio / wall,
             "steady_rtf": steady, "startup_s": times[0] - t0, "worker_peak_mb": memory.stop(),
-            "events": sum(len(r["events"]) for r in records), "write_ms": _write_ms(records),
-            "driver_ms": _driver_ms(out, records)}
+            "events": sum(len(r["events"]) for r in records)}, records
 
 
 def _baseline(items, out: Path) -> dict:
@@ -127,8 +127,11 @@ def run(quick: bool = False, progress=None) -> dict:
             for workers in WORKERS:
                 if progress is not None:
                     progress(f"{name}: {workers} worker{'s' * (workers > 1)}", step, steps)
-                entry["runs"].append(_archive_run(items, Path(tmp) / f"out-{name}-{workers}", workers))
+                out = Path(tmp) / f"out-{name}-{workers}"
+                figures, records = _archive_run(items, out, workers)
+                entry["runs"].append(figures)
                 step += 1
+            entry["write_ms"], entry["driver_ms"] = _write_ms(records), _driver_ms(out, records)
             if progress is not None:
                 progress(f"{name}: streamtag tag, one process", step, steps)
             base = _baseline(items, Path(tmp) / f"{name}.csv")
@@ -206,10 +209,9 @@ def table(result: dict):
     per_worker = result["worker_steady_rtf"] * result["efficiency"]
     costs = []
     for entry in result["archives"]:  # the driver keeps up with this many workers' files
-        run = entry["runs"][0]
-        workers = 1e3 / run["driver_ms"] * entry["seconds_each"] / per_worker
-        costs.append(f"{entry['name']}: writing {run['write_ms']:.2f} ms a file in the worker, the driver's check "
-                     f"{1e3 * run['driver_ms']:.0f} us (it keeps up with about {workers:,.0f} workers)")
+        workers = 1e3 / entry["driver_ms"] * entry["seconds_each"] / per_worker
+        costs.append(f"{entry['name']}: writing {entry['write_ms']:.2f} ms a file in the worker, the driver's check "
+                     f"{1e3 * entry['driver_ms']:.0f} us (it keeps up with about {workers:,.0f} workers)")
     t.caption = (f"Projection: one worker's steady rate on long files times the workers times the 2-worker "
                  f"efficiency measured here ({result['efficiency']:.2f}); the network alone, files on a shared "
                  f"filesystem fast enough. Per-worker overhead: the start-up and memory above, and "

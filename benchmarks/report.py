@@ -144,16 +144,31 @@ def summarize(seconds) -> dict:
             "quantiles_ms": [round(float(x), 4) for x in np.percentile(ms, QUANTILES)]}
 
 
-def cdf_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
-    """Plot latency distributions (``summarize`` results by label) as tail
-    curves: the x axis is 'fraction of windows slower than', on a log scale,
-    so p50, p99 and the maximum are equally readable."""
+def new_figure(figsize: tuple[float, float]):
+    """``(fig, ax)``: a matplotlib figure drawn off screen (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    return plt.subplots(figsize=figsize)
+
+
+def save_figure(fig, path) -> Path:
+    """Lay ``fig`` out, write it as a PNG at ``path`` and free it; the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def cdf_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
+    """Plot latency distributions (``summarize`` results by label) as tail
+    curves: the x axis is 'fraction of windows slower than', on a log scale,
+    so p50, p99 and the maximum are equally readable."""
+    fig, ax = new_figure((8, 4.8))
     exceed = 1 - QUANTILES / 100
     for label, s in curves.items():
         if s.get("n"):
@@ -169,10 +184,7 @@ def cdf_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown(table) -> str:

@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from benchmarks.report import REPO
+from benchmarks.report import REPO, new_figure, save_figure
 from benchmarks.workload import SPEC, scene
 
 P99_TARGET_MS = 100.0
@@ -287,16 +287,11 @@ def table(result: dict):
 
 
 def plot(result: dict, folder) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
     from pathlib import Path
-
-    import matplotlib.pyplot as plt
 
     steps = result["steps"]
     n = [s["streams"] for s in steps]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = new_figure((8, 4))
     ax.plot(n, [s["p50_ms"] for s in steps], "o-", label="p50")
     ax.plot(n, [s["p99_ms"] for s in steps], "o-", label="p99")
     ax.axhline(result["p99_target_ms"], color="grey", ls="--", lw=1, label=f"target p99 {result['p99_target_ms']:g} ms")
@@ -310,11 +305,7 @@ def plot(result: dict, folder) -> list:
     ax.grid(True, alpha=0.3)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = Path(folder) / "serve_latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, Path(folder) / "serve_latency.png")]
 
 
 def main(argv: list[str] | None = None) -> None:

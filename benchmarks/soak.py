@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.files import run_process
+from benchmarks.report import new_figure, save_figure
 from benchmarks.workload import SPEC, LoopedSource, scene
 from streamtag.cli import exit_now
 from streamtag.modelfile import DEFAULT_MODEL
@@ -143,13 +144,8 @@ def table(result: dict):
 
 
 def plot(result: dict, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t, rss = np.asarray(result["samples"]).T
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = new_figure((8, 3.6))
     ax.plot(t / 60, rss, ".-", ms=3)
     ax.axhline(result["peak_mb"], color="grey", ls="--", lw=1,
                label=f"peak, start-up included: {result['peak_mb']:.0f} MB")
@@ -159,11 +155,7 @@ def plot(result: dict, folder: Path) -> list[Path]:
     ax.set_title(f"Soak: live path at {result['speed']:g}x real time, growth {result['growth_mb']:+.1f} MB")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(folder) / "soak_memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, Path(folder) / "soak_memory.png")]
 
 
 def main(argv: list[str] | None = None) -> None:

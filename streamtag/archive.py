@@ -56,8 +56,9 @@ import numpy as np
 
 from streamtag.errors import StreamtagError
 from streamtag.events import Event
+from streamtag.sinks import SUFFIXES, file_sink
 
-FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "dcase": ".tsv", "audacity": ".txt"}
+FORMATS = SUFFIXES  # the file formats ``streamtag tag`` writes, and their files' endings
 RECORD = ".json"
 
 
@@ -188,11 +189,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def render(fmt: str, record: dict, classes: list[str]) -> str:
     """What ``streamtag tag -f FMT`` writes for one input, from its record."""
-    from streamtag.sinks import AudacitySink, CsvSink, DcaseSink, JsonLinesSink
-
     stream = io.StringIO()
-    sink = {"jsonl": lambda: JsonLinesSink(stream, classes), "csv": lambda: CsvSink(stream, classes),
-            "dcase": lambda: DcaseSink(stream, classes), "audacity": lambda: AudacitySink(stream, classes)}[fmt]()
+    sink = file_sink(fmt, stream, classes)
     sink.begin(record["path"])
     for label, index, onset, offset, score in record["events"]:
         sink.event("close", Event(label, index, onset, offset, score))
@@ -452,8 +450,8 @@ def run_archive(items: list[Item], out: str, formats: list[str], *, model: str |
     return ArchiveRun(archive.merge(items, classes), len(items) - len(todo), workers if todo else 0)
 
 
-def main(args) -> int:
-    """The ``archive`` subcommand; returns the exit code."""
+def main(args, decoding: dict) -> int:
+    """The ``archive`` subcommand, with the decoding settings its options give; returns the exit code."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
@@ -471,14 +469,11 @@ def main(args) -> int:
     items = read_manifest(args.manifest) if args.manifest else list_folder(args.folder, exclude=Path(args.out))
     if not items:
         raise StreamtagError(f"{args.folder}: no audio files in it")
-    if "dcase" in formats and len({Path(i.rel).name for i in items}) < len(items):
-        Console(stderr=True).print("streamtag archive: note: some file names repeat in other folders; events.tsv "
-                                   "names files without their folders (the DCASE convention), events.csv with",
-                                   markup=False, highlight=False, soft_wrap=True)
-    decoding = {k: v for k, v in dict(hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
-                                      hysteresis=args.hysteresis, min_duration=args.min_duration,
-                                      filter=args.filter).items() if v is not None}
     err = Console(stderr=True)
+    if "dcase" in formats and len({Path(i.rel).name for i in items}) < len(items):
+        err.print("streamtag archive: note: some file names repeat in other folders; events.tsv names files "
+                  "without their folders (the DCASE convention), events.csv with", markup=False, highlight=False,
+                  soft_wrap=True)
     progress = Progress(len(items))
     bar = Bar(TextColumn("tagging"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"),
               TimeRemainingColumn(), console=err, transient=True, disable=args.quiet or not err.is_terminal)

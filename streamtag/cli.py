@@ -68,10 +68,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_streams=args.max_streams, max_message=args.max_message, max_behind=args.max_behind,
                     idle_timeout=args.idle_timeout, send_timeout=args.send_timeout)
     token = args.token if args.token is not None else os.environ.get("STREAMTAG_TOKEN") or None
-    decoding = {name: value for name, value in dict(
-        hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth, hysteresis=args.hysteresis,
-        min_duration=args.min_duration, filter=args.filter).items() if value is not None}
-    config = ServeConfig(model=args.model, device=args.device, int8=args.int8, decoding=decoding, host=args.host,
+    config = ServeConfig(model=args.model, device=args.device, int8=args.int8, decoding=decoding_options(args),
+                         host=args.host,
                          port=args.port, token=token, limits=limits, max_wait=args.max_wait, max_batch=args.max_batch,
                          threads=args.threads)
     err = Console(stderr=True)
@@ -125,7 +123,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_archive(args: argparse.Namespace) -> int:
     from streamtag.archive import main as archive
 
-    return archive(args)
+    return archive(args, decoding_options(args))
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
@@ -164,6 +162,24 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
                    help="the smoothing filter (default: the model's, else mean)")
     p.add_argument("--min-duration", type=float, metavar="SECONDS",
                    help="drop events shorter than this (default: the model's, per class, else 0.25)")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model and its decoding, as ``tag``, ``serve`` and ``archive`` take them (see :func:`decoding_options`)."""
+    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
+    p.add_argument("--hop", type=int, metavar="FRAMES",
+                   help="frames between windows (1 frame = 23 ms; default: the model's)")
+    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
+    _add_decoding_options(p)
+    p.add_argument("--int8", action="store_true", help=INT8_HELP)
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    """The decoding settings given on the command line, as :class:`~streamtag.tagger.Tagger` takes them;
+    the ones not given are left to the model file."""
+    return {name: value for name, value in dict(
+        hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth, hysteresis=args.hysteresis,
+        min_duration=args.min_duration, filter=args.filter).items() if value is not None}
 
 
 def _add_live_options(p: argparse.ArgumentParser) -> None:
@@ -238,7 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="audio files (anything libsndfile reads), or '-' for standard input; default: standard "
                         "input when it is a pipe")
-    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
     p.add_argument("--mic", nargs="?", const="", metavar="DEVICE",
                    help="tag live from a microphone: the default input, or a device index or name "
                         "(see `streamtag devices`); Ctrl-C stops")
@@ -254,15 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", action="store_true",
                    help="one line per input with clip-level scores (mean over its windows) and the top labels")
     p.add_argument("--top", type=int, default=3, metavar="K", help="labels named per clip (default 3)")
-    p.add_argument("--hop", type=int, metavar="FRAMES",
-                   help="frames between windows (1 frame = 23 ms; default: the model's)")
-    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
-    _add_decoding_options(p)
+    _add_model_options(p)
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this much of each input")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the network (default: torch's, one per core, for files and standard "
                         "input, whose windows come in large batches; 1 with --mic, a window at a time)")
-    p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
     p.add_argument("--server", metavar="URL",
                    help="tag through a `streamtag serve` (ws://HOST:PORT/) instead of a local model: the same "
@@ -279,11 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--token", metavar="TOKEN",
                    help="a shared secret every client must send (default: $STREAMTAG_TOKEN; required off localhost)")
-    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
+    _add_model_options(p)
     p.add_argument("--device", choices=["cpu", "cuda"], help="where the network runs (default: cuda when present)")
-    p.add_argument("--hop", type=int, metavar="FRAMES", help="frames between windows (default: the model's)")
-    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
-    _add_decoding_options(p)
     p.add_argument("--max-streams", type=int, default=1000, metavar="N", help="streams at once, per worker (default 1000)")
     p.add_argument("--max-message", type=int, default=1 << 20, metavar="BYTES",
                    help="largest message a client may send (default 1 MiB)")
@@ -302,7 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processes sharing the port, each a whole server: one event loop uses one core, so give "
                         "one per core for the most streams (default 1)")
-    p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("--stats", type=float, default=0, metavar="SECONDS",
                    help="print streams, windows, latency and drops every SECONDS on standard error")
     p.set_defaults(run=_cmd_serve)
@@ -319,16 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (made if missing)")
     p.add_argument("-f", "--format", default="csv,dcase", metavar="LIST",
                    help="comma list of jsonl, csv, dcase, audacity (default csv,dcase)")
-    p.add_argument("--model", metavar="FILE", help="model file (.pt); default: the model bundled with streamtag")
-    p.add_argument("--hop", type=int, metavar="FRAMES", help="frames between windows (default: the model's)")
-    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every class (default: the model's)")
-    _add_decoding_options(p)
-    p.add_argument("--int8", action="store_true", help=INT8_HELP)
+    _add_model_options(p)
     p.add_argument("--address", metavar="ADDRESS",
                    help="a running Ray cluster (auto, or HOST:6379, or ray://HOST:10001); default: start a local "
                         "one for this run")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="workers, each a process with one model (default: one per core locally, 1 on a cluster)")
+                   help="workers, each a process with one model (default: as many as the cores allow, --threads "
+                        "each, or the GPUs with --gpus-per-worker; here or on the cluster)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads per worker (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs each worker takes, its network running there (e.g. 1, or 0.25 to share one by four; "

@@ -147,6 +147,22 @@ class AudacitySink(Sink):
             self.stream.flush()
 
 
+SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "dcase": ".tsv", "audacity": ".txt"}  # file formats, their endings
+
+
+def file_sink(fmt: str, stream: TextIO, classes: list[str], frames: bool = False, top: int = 3) -> Sink:
+    """The sink of a file format (a key of :data:`SUFFIXES`) writing to ``stream``."""
+    if fmt == "jsonl":
+        return JsonLinesSink(stream, classes, frames=frames, top=top)
+    if fmt == "csv":
+        return CsvSink(stream, classes, top=top)
+    if fmt == "dcase":
+        return DcaseSink(stream, classes)
+    if fmt == "audacity":
+        return AudacitySink(stream, classes)
+    raise ValueError(f"no file format {fmt!r}; one of {', '.join(SUFFIXES)}")
+
+
 class TextSink(Sink):
     """A readable live list for a terminal: a line when an event starts and
     one when it ends; with clips, one line per input with its best labels."""

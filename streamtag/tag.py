@@ -26,11 +26,11 @@ from rich.table import Table
 from streamtag.client import RemoteSession
 from streamtag.engine import Summary
 from streamtag.errors import StreamtagError
-from streamtag.sinks import AudacitySink, CsvSink, DcaseSink, JsonLinesSink, Sink, TextSink
+from streamtag.sinks import SUFFIXES, Sink, TextSink, file_sink
 from streamtag.sources import FileSource, MicrophoneSource, RawSource, Source, WavStreamSource, list_devices
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "dcase", ".txt": "audacity"}
+_SUFFIX_FORMATS = {suffix: fmt for fmt, suffix in SUFFIXES.items()} | {".json": "jsonl"}
 
 
 def _int_option(value: str | None, name: str) -> int | None:
@@ -106,14 +106,8 @@ def _check_format(fmt: str, args: argparse.Namespace, n_inputs: int) -> None:
 
 
 def _make_sink(fmt: str, stream, classes: list[str], args: argparse.Namespace, n_inputs: int) -> Sink:
-    if fmt == "jsonl":
-        return JsonLinesSink(stream, classes, frames=args.frames, top=args.top)
-    if fmt == "csv":
-        return CsvSink(stream, classes, top=args.top)
-    if fmt == "dcase":
-        return DcaseSink(stream, classes)
-    if fmt == "audacity":
-        return AudacitySink(stream, classes)
+    if fmt in SUFFIXES:
+        return file_sink(fmt, stream, classes, frames=args.frames, top=args.top)
     return TextSink(Console(file=stream) if args.output else Console(), classes, top=args.top,
                     show_source=n_inputs > 1 and not args.clip)
 
@@ -175,14 +169,14 @@ def quiet_stdout() -> None:
 def _local_tagger(args: argparse.Namespace):
     import torch
 
+    from streamtag.cli import decoding_options
     from streamtag.tagger import Tagger
 
     if args.threads is not None and args.threads < 1:
         raise StreamtagError(f"--threads must be at least 1, got {args.threads}")
     if args.threads is not None or args.mic is not None:  # else torch's default: one thread per core
         torch.set_num_threads(args.threads or 1)
-    return Tagger(args.model, int8=args.int8, hop_frames=args.hop, thresholds=args.threshold, smooth=args.smooth,
-                  hysteresis=args.hysteresis, min_duration=args.min_duration, filter=args.filter)
+    return Tagger(args.model, int8=args.int8, **decoding_options(args))
 
 
 def _check_remote(args: argparse.Namespace) -> None:

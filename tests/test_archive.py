@@ -197,7 +197,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(ray_inst
     proc = subprocess.Popen(archive_cli(recordings, "-o", out, "--workers", "2", "-f", "dcase"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        workers = _wait_for(lambda: len(_workers(proc.pid)) == 2 and _workers(proc.pid), 120, "two workers")
+        workers = _wait_for(lambda: found if len(found := _workers(proc.pid)) == 2 else None, 120, "two workers")
         _wait_for(lambda: list(out.glob("files/*/*.json")), 120, "the first finished file")
         victim = workers[0]
         done_before_kill = len(list(out.glob("files/*/*.json")))
