@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Tag every audio file under FOLDER (or listed in --manifest) with a pool of "
                                    "workers on Ray (a local cluster, or a running one with --address): per file the "
                                    "outputs `streamtag tag` writes, plus merged tables (events.*, files.csv). A "
-                                   "rerun skips the files already done; a worker lost mid-run has its file redone. "
+                                   "rerun skips the files already done; a worker lost mid-run has its files redone. "
                                    "Needs the cluster extra: pip install 'streamtag[cluster]'.")
     p.add_argument("folder", nargs="?", help="folder of recordings (searched recursively)")
     p.add_argument("--manifest", metavar="FILE",
