@@ -269,3 +269,107 @@ def test_detect_command_reports_written_scenes(tones, random_model_file, tmp_pat
     table = (tmp_path / "report.md").read_text()
     assert "| a | " in table and "Scaper paper: CNN" in table
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_single_clips_and_overlays_mix_as_short_scenes_of_one_fold_at_the_levels_asked(tones):
+    from train.data.scenes import ALONE_SNR_DB, plan_pairs, plan_singles
+
+    d = read_us8k(tones)
+
+    def length_of(i):
+        return len(d.load(d.clips[i], SR))
+
+    ids = [i for i, c in enumerate(d.clips) if c.fold == 2]
+    singles = plan_singles(d.clips, ids, 8, np.random.default_rng(0), length_of, min_length=SR)
+    assert singles == plan_singles(d.clips, ids, 8, np.random.default_rng(0), length_of, min_length=SR)
+    for plan in singles:
+        (event,) = plan.events
+        assert plan.fold == d.clips[event.clip].fold == 2 and event.onset == 0 and event.snr_db == ALONE_SNR_DB
+        assert plan.length == max(length_of(event.clip), SR)  # a clip shorter than a window is padded
+    recipe = SceneRecipe()
+    pairs = plan_pairs(d.clips, ids, 8, np.random.default_rng(1), length_of, level_db=(0.0, 20.0))
+    assert len(pairs) == 8 and len({min(e.snr_db for e in p.events) for p in pairs}) > 1
+    for plan in pairs:
+        a, b = plan.events
+        assert d.labels[a.clip] != d.labels[b.clip] and d.clips[a.clip].group != d.clips[b.clip].group
+        assert d.clips[a.clip].fold == d.clips[b.clip].fold == plan.fold == 2 and a.onset == b.onset == 0
+        assert max(a.snr_db, b.snr_db) == ALONE_SNR_DB and min(a.snr_db, b.snr_db) >= ALONE_SNR_DB - 20
+        scene = render(plan, lambda i: d.load(d.clips[i], SR), d.labels, SR, recipe)
+        for track, (start, stop), event in zip(scene.tracks, scene.spans, plan.events):
+            assert abs(loudness(track[start:stop], SR) - loudness(scene.background, SR) - event.snr_db) < 0.05
+    with pytest.raises(DatasetError, match="one fold"):
+        plan_singles(d.clips, range(len(d.clips)), 1, np.random.default_rng(0), length_of)
+    with pytest.raises(DatasetError, match="one fold"):
+        plan_pairs(d.clips, range(len(d.clips)), 1, np.random.default_rng(0), length_of)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.12])
+def test_a_scene_played_faster_or_slower_keeps_its_events_inside_their_moved_spans(tones, factor):
+    from train.data.augment import change_speed
+    from train.data.scenes import spans_at_speed
+
+    d = read_us8k(tones)
+    plan = _plans(d, 1, seed=5)[0]
+    scene = render(plan, lambda i: d.load(d.clips[i], SR), d.labels, SR, SceneRecipe())
+    moved = spans_at_speed(scene.spans, factor)
+    played = change_speed(scene.audio, factor)
+    tracks = [change_speed(t, factor) for t in scene.tracks]
+    # the mix played at another speed is its parts played at that speed (so the spans apply to the mix)
+    np.testing.assert_allclose(change_speed(scene.background, factor) + np.sum(tracks, axis=0), played, atol=1e-5)
+    for track, (start, stop), (was_start, was_stop) in zip(tracks, moved, scene.spans):
+        assert abs((stop - start) - (was_stop - was_start) / factor) <= 1
+        energy = np.square(track, dtype=np.float64)
+        edge = 64  # samples: the resampling filter's reach
+        outside = energy[:max(start - edge, 0)].sum() + energy[stop + edge:].sum()
+        assert outside < 1e-6 * energy.sum()
+        tenth = max((stop - start) // 10, 1)
+        assert energy[start:start + tenth].sum() > 0 and energy[stop - tenth:stop].sum() > 0
+
+
+def test_training_scenes_sound_over_ambient_backgrounds_and_take_clips_and_overlays(tones, tmp_path):
+    from test_train_data import make_esc50
+    from train.data.augment import Augment
+    from train.data.datasets import read_dataset
+    from train.fit.strong import SceneMaker, Scenes, SceneSource, ambient
+
+    feats = load_features(read_us8k(tones), FeatureSpec(), tmp_path / "cache", quiet=True)
+    esc_root = make_esc50(tmp_path / "esc")
+    scenes = Scenes(recipe=SceneRecipe(duration=3.0, events=(1, 2), background="both"), backgrounds=str(esc_root),
+                    background_folds=[1])
+    backgrounds = ambient(scenes, SR)
+    esc = read_dataset("esc10", esc_root)
+    sea = [esc.load(c, SR) for c in esc.clips if c.fold == 1 and esc.classes[c.label] == "sea_waves"]
+    assert len(backgrounds) == 1 and len(sea) == 2  # the fixture's one ambient class, fold 1: two clips
+    assert all(np.array_equal(a, b) for a, b in zip(backgrounds[0], sea))
+    with pytest.raises(DatasetError, match="needs --backgrounds"):
+        ambient(dataclasses.replace(scenes, backgrounds=None), SR)
+    assert ambient(Scenes(), SR) == []
+    ids = np.arange(len(feats.dataset.clips))
+    maker = SceneMaker(feats, ids, scenes.recipe, backgrounds)
+    made = maker.make(12, np.random.default_rng(0))
+
+    def over_ambient(scene):  # its background is the ESC clips played one after another, scaled
+        clip = backgrounds[0][0] if np.corrcoef(scene.background[:100], backgrounds[0][0][:100])[0, 1] > 0.99 \
+            else backgrounds[0][1]
+        n = min(len(clip), len(scene.background))
+        return np.corrcoef(scene.background[:n], clip[:n])[0, 1] > 0.999
+
+    kinds = [over_ambient(s) for s in made]
+    assert any(kinds) and not all(kinds)  # "both": some scenes over each
+    # single clips and overlays join the epoch as short scenes: one or two classes a window
+    source = SceneSource(maker, 0, 41, 4, 4, Augment(), batch_size=10_000, singles=4, pairs=4)
+    (x, y), = list(source.epoch(np.random.default_rng(1)))
+    assert x.shape[0] == y.shape[0] > 0 and x.shape[1:] == (2, 60, 41)
+    assert y.sum(axis=1).max() == 2 and (y.sum(axis=1) == 1).any()
+
+
+def test_strong_refuses_bad_counts_and_options_in_one_line(tmp_path):
+    for extra, message in ((["--clips-per-epoch", "-1"], "must be 0 or more"),
+                           (["--scenes-per-epoch", "0"], "not all 0"),
+                           (["--augment", "mix"], "a scene mixes its own"),
+                           (["--background", "both"], "needs --backgrounds")):
+        done = subprocess.run([sys.executable, "-m", "train", "strong", str(tmp_path), "--dataset", "us8k",
+                               "--test-fold", "1", "--export", str(tmp_path / "m.pt"), *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

@@ -91,17 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args, quiet: bool = False):
-    from streamtag.features import FeatureSpec
-    from train.data.cache import load_features
-    from train.data.datasets import read_dataset
-
-    dataset = read_dataset(args.dataset, args.data)
-    return load_features(dataset, FeatureSpec(), args.cache, quiet=quiet)
-
-
 def _cmd_features(args) -> int:
-    feats = _load(args)
+    from train.data.cache import read_features
+
+    feats = read_features(args.dataset, args.data, args.cache)
     print(f"{feats.dataset.summary()}; {len(feats.frames)} frames cached")
     return 0
 
@@ -148,6 +141,7 @@ def _cmd_cv(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from train.data.cache import read_features
     from train.fit import ranks
     from train.fit.crossval import cross_validate, fit
     from train.fit.loop import Recipe
@@ -163,7 +157,8 @@ def _cmd_cv(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out or f"runs/{args.dataset}-{args.window}")
     console = Console(stderr=True, quiet=not ranks.is_main())
-    feats = ranks.local_first(lambda: _load(args, args.quiet or not ranks.is_main()))
+    feats = ranks.local_first(lambda: read_features(args.dataset, args.data, args.cache,
+                                                     args.quiet or not ranks.is_main()))
     console.print(feats.dataset.summary())
     folds = args.folds or feats.dataset.folds
     absent = sorted(set(folds) - set(feats.dataset.folds))

@@ -33,14 +33,13 @@ def _command() -> str:
     return "python -m train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _recipe_options(p, ambient: bool = True) -> None:
+def _recipe_options(p) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="scene length in seconds (default 10)")
     p.add_argument("--events", default="1:9", help="events per scene, N or MIN:MAX (default 1:9)")
     p.add_argument("--snr", default="6:30", help="event SNR over the background in dB, MIN:MAX (default 6:30)")
-    if not ambient:  # training draws Brownian noise only, so far
-        return
-    p.add_argument("--background", choices=("brown", "ambient"), default="brown",
-                   help="Brownian noise (URBAN-SED), or ESC-10's rain, sea waves, fire and helicopter recordings")
+    p.add_argument("--background", choices=("brown", "ambient", "both"), default="brown",
+                   help="Brownian noise (URBAN-SED), ESC-10's rain, sea waves, fire and helicopter recordings, or "
+                        "both (each scene one or the other, evenly)")
     p.add_argument("--backgrounds", help="ESC-10 (or ESC-50) folder for --background ambient")
     p.add_argument("--background-folds", type=int, nargs="+", help="ESC folds the ambient backgrounds come from")
 
@@ -49,7 +48,7 @@ def _scene_recipe(args):
     from train.data.scenes import SceneRecipe, parse_range
 
     return SceneRecipe(duration=args.duration, events=parse_range(args.events, int), snr_db=parse_range(args.snr),
-                       background=getattr(args, "background", "brown"))
+                       background=args.background)
 
 
 def add_commands(sub, common) -> None:
@@ -76,18 +75,24 @@ def add_commands(sub, common) -> None:
                                                              "score describes (default 4: 93 ms)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--scenes-per-epoch", type=int, default=500)
+    p.add_argument("--clips-per-epoch", type=int, default=0,
+                   help="single clips mixed into each epoch's scenes, each a short scene of its own (default 0)")
+    p.add_argument("--overlays-per-epoch", type=int, default=0,
+                   help="two-clip overlays (0-20 dB apart) mixed into each epoch's scenes (default 0)")
     p.add_argument("--val-scenes", type=int, default=60)
     p.add_argument("--pretrain-epochs", type=int, default=0, help="single-label epochs on clips first")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
     p.add_argument("--dense", type=int, default=1500)
     p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--augment", default="shift,gain=6", help="shift, gain[=dB], specaugment (default shift,gain=6)")
+    p.add_argument("--augment", default="shift,gain=6",
+                   help="shift, gain[=dB], speed[=F] (the whole scene F faster or slower), specaugment "
+                        "(default shift,gain=6)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", help="cuda or cpu (default cuda when available)")
-    _recipe_options(p, ambient=False)
+    _recipe_options(p)
     p.set_defaults(run=_cmd_strong)
 
     p = sub.add_parser("tune", help="tune a strong-label model's thresholds and decoding again, on its own "
@@ -255,9 +260,17 @@ def _cmd_strong(args) -> int:
         _fail("give --test-fold N (train on the other folds, for `detect` on N's scenes) or --all (every fold)")
     try:
         augment = Augment.parse(args.augment)
+        if augment.background or augment.mix:
+            raise ValueError("augmentations background and mix are for single clips; a scene mixes its own")
         recipe_scenes = _scene_recipe(args)
     except ValueError as exc:
         _fail(str(exc))
+    counts = {"--scenes-per-epoch": args.scenes_per_epoch, "--clips-per-epoch": args.clips_per_epoch,
+              "--overlays-per-epoch": args.overlays_per_epoch}
+    if min(counts.values()) < 0 or not any(counts.values()):
+        _fail(f"{', '.join(counts)} must be 0 or more, and not all 0; got {', '.join(map(str, counts.values()))}")
+    if args.background != "brown" and not args.backgrounds:
+        _fail(f"--background {args.background} needs --backgrounds (an ESC-10 or ESC-50 folder)")
     dataset = read_dataset(args.dataset, args.data)
     if args.test_fold is not None and args.test_fold not in dataset.folds:
         _fail(f"fold {args.test_fold} not present ({dataset.summary()})")
@@ -267,6 +280,7 @@ def _cmd_strong(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from train.data.cache import read_features
     from train.data.segments import WINDOWS
     from train.fit import ranks
     from train.fit.loop import Recipe
@@ -275,7 +289,7 @@ def _cmd_strong(args) -> int:
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     console = Console(stderr=True, quiet=not ranks.is_main())
-    feats = ranks.local_first(lambda: _load_features(args, quiet=not ranks.is_main()))
+    feats = ranks.local_first(lambda: read_features(args.dataset, args.data, args.cache, not ranks.is_main()))
     console.print(feats.dataset.summary())
     fold_of = np.array([c.fold for c in feats.dataset.clips])
     train_ids = np.flatnonzero(fold_of != args.test_fold) if args.test_fold is not None else np.arange(len(fold_of))
@@ -286,7 +300,9 @@ def _cmd_strong(args) -> int:
     recipe = Recipe(lr=args.lr, epochs=args.epochs, schedule=args.schedule, dense=args.dense, dropout=args.dropout,
                     head="multilabel")
     scenes = Scenes(per_epoch=args.scenes_per_epoch, val_scenes=args.val_scenes, recipe=recipe_scenes,
-                    describe=args.hop_frames, pretrain_epochs=args.pretrain_epochs)
+                    describe=args.hop_frames, pretrain_epochs=args.pretrain_epochs, singles=args.clips_per_epoch,
+                    pairs=args.overlays_per_epoch, backgrounds=args.backgrounds,
+                    background_folds=args.background_folds)
     total = args.epochs + args.pretrain_epochs
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeRemainingColumn(), console=console) as progress:
@@ -319,18 +335,12 @@ def _cmd_strong(args) -> int:
 
 
 def _cmd_tune(args) -> int:
+    from train.data.cache import read_features
     from train.fit.strong import retune
 
-    feats = _load_features(args)
+    feats = read_features(args.dataset, args.data, args.cache)
     val = retune(args.model, feats, args.export)
     print(f"validation scenes: segment F1 {val['segment_f1']:.3f} ER {val['segment_er']:.3f}, event F1 "
           f"{val['event_f1']:.3f} ER {val['event_er']:.3f} -> {args.export}")
     return 0
 
-
-def _load_features(args, quiet: bool = False):
-    from streamtag.features import FeatureSpec
-    from train.data.cache import load_features
-    from train.data.datasets import read_dataset
-
-    return load_features(read_dataset(args.dataset, args.data), FeatureSpec(), args.cache, quiet=quiet)

@@ -28,7 +28,7 @@ from rich.progress import track
 
 from streamtag.features import FeatureSpec
 from streamtag.frontend import compute_features
-from train.data.datasets import Dataset
+from train.data.datasets import Dataset, read_dataset
 
 MIN_FRAMES = 101  # the long window: every clip yields at least one window of any length used
 
@@ -88,6 +88,13 @@ def load_features(dataset: Dataset, spec: FeatureSpec, cache_dir: str | os.PathL
     audio = np.load(folder / "audio.npy", mmap_mode="r")
     offsets = np.load(folder / "offsets.npz")
     return DatasetFeatures(dataset, spec, frames, offsets["frames"], audio, offsets["audio"])
+
+
+def read_features(kind: str, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                  quiet: bool = False) -> DatasetFeatures:
+    """The dataset of ``kind`` at ``root`` (:func:`~train.data.datasets.read_dataset`) with its
+    features at the project's frontend settings: what every training command starts from."""
+    return load_features(read_dataset(kind, root), FeatureSpec(), cache_dir, quiet)
 
 
 def _build(dataset: Dataset, spec: FeatureSpec, folder: Path, quiet: bool) -> None:

@@ -42,6 +42,8 @@ from streamtag.errors import DatasetError
 from train.data.datasets import Clip, Dataset, output_folds
 
 BACKGROUND_LUFS = -50.0  # Scaper's reference level for URBAN-SED's background
+ALONE_SNR_DB = 30.0  # a clip heard (nearly) alone: the top of URBAN-SED's SNR range
+BACKGROUNDS = ("brown", "ambient", "both")  # what a recipe's scenes sound over
 AMBIENT_CLASSES = ("rain", "sea_waves", "crackling_fire", "helicopter")  # ESC-10's steady scenes
 _LOUDNESS_BLOCK = 0.4  # seconds: BS.1770's gating block; a shorter sound is measured repeated to this length
 
@@ -53,7 +55,8 @@ class SceneRecipe:
     duration: float = 10.0  # seconds
     events: tuple[int, int] = (1, 9)  # events per scene, uniform
     snr_db: tuple[float, float] = (6.0, 30.0)  # event loudness over the background's, uniform
-    background: str = "brown"  # "brown" (Brownian noise) or "ambient" (ESC-10 recordings, needs backgrounds)
+    background: str = "brown"  # "brown" (Brownian noise), "ambient" (ESC-10 recordings, needs backgrounds),
+    # or "both" (each scene one or the other, evenly)
     background_lufs: float = BACKGROUND_LUFS
 
     def __post_init__(self):
@@ -64,8 +67,8 @@ class SceneRecipe:
             raise DatasetError(f"events per scene must satisfy 0 <= MIN <= MAX <= 100, got {lo}:{hi}")
         if not -20 <= self.snr_db[0] <= self.snr_db[1] <= 60:
             raise DatasetError(f"SNR range must satisfy -20 <= MIN <= MAX <= 60 dB, got {self.snr_db}")
-        if self.background not in ("brown", "ambient"):
-            raise DatasetError(f"background must be 'brown' or 'ambient', got {self.background!r}")
+        if self.background not in BACKGROUNDS:
+            raise DatasetError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,16 +157,11 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
     ``length_of(i)`` is clip ``i``'s length in samples at ``rate``.
     Each event's class is uniform over the classes present among ``ids``, its clip uniform
     among that class's; it starts uniformly where it still ends inside the scene (a clip
-    longer than the scene starts at 0 and is cut). ``background_ids`` (ambient recipe) holds
+    longer than the scene starts at 0 and is cut). ``background_ids`` (ambient recipes) holds
     one list of background clip indices per background class.
     """
-    ids = np.asarray(ids, dtype=np.int64)
-    if n and not len(ids):
-        raise DatasetError("cannot plan scenes: no event clips")
-    folds = {clips[i].fold for i in ids}
-    if len(folds) > 1:
-        raise DatasetError(f"a scene's events come from one fold, got folds {sorted(folds)}")
-    if recipe.background == "ambient" and not any(len(b) for b in background_ids):
+    ids = _one_fold(clips, ids, n, "scenes")
+    if recipe.background != "brown" and not any(len(b) for b in background_ids):
         raise DatasetError("the ambient background needs background clips (ESC-10's rain, sea_waves, ...)")
     by_class: dict[int, np.ndarray] = {}
     for i in ids:
@@ -180,7 +178,7 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
             onset = int(rng.integers(0, room + 1)) if room > 0 else 0
             events.append(PlacedEvent(clip, onset, float(rng.uniform(*recipe.snr_db))))
         background = None
-        if recipe.background == "ambient":
+        if recipe.background == "ambient" or (recipe.background == "both" and rng.random() < 0.5):
             pool = [b for b in background_ids if len(b)]
             choice = pool[int(rng.integers(len(pool)))]
             order, total = [], 0
@@ -191,6 +189,43 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
             background = tuple(order)
         plans.append(ScenePlan(clips[int(ids[0])].fold, length, tuple(events), int(rng.integers(2**31)), background))
     return plans
+
+
+def plan_singles(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, length_of: Callable[[int], int],
+                 min_length: int = 0) -> list[ScenePlan]:
+    """``n`` scenes of one clip each (uniform among ``ids``, all of one fold), as long as the
+    clip (at least ``min_length`` samples), the clip at :data:`ALONE_SNR_DB` over the
+    background: clip-level training's single clips, mixed the way scenes are."""
+    ids = _one_fold(clips, ids, n, "single clips")
+    return [ScenePlan(clips[int(i)].fold, max(int(length_of(int(i))), min_length),
+                      (PlacedEvent(int(i), 0, ALONE_SNR_DB),), int(rng.integers(2**31)))
+            for i in rng.choice(ids, n)] if n else []
+
+
+def plan_pairs(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, length_of: Callable[[int], int],
+               level_db: tuple[float, float] = (0.0, 20.0), min_length: int = 0) -> list[ScenePlan]:
+    """``n`` two-clip overlays as scenes: the pairs of :func:`train.data.overlay.plan_overlays`
+    (another class, another recording, one fold), both starting at 0, the louder at
+    :data:`ALONE_SNR_DB` over the background and the other ``level_db`` (uniform) under it."""
+    from train.data.overlay import plan_overlays
+
+    _one_fold(clips, ids, n, "overlays")
+    plans = []
+    for o in plan_overlays(list(clips), ids, n, rng, level_db):
+        length = max(int(length_of(o.a)), int(length_of(o.b)), min_length)
+        events = tuple(PlacedEvent(c, 0, ALONE_SNR_DB + level) for c, level in zip((o.a, o.b), o.level_db))
+        plans.append(ScenePlan(o.fold, length, events, int(rng.integers(2**31))))
+    return plans
+
+
+def _one_fold(clips: Sequence[Clip], ids, n: int, what: str) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64)
+    if n and not len(ids):
+        raise DatasetError(f"cannot plan {what}: no clips")
+    folds = {clips[i].fold for i in ids}
+    if len(folds) > 1:  # so that a test fold's examples hold that fold's clips alone
+        raise DatasetError(f"{what} take their clips from one fold, got folds {sorted(folds)}")
+    return ids
 
 
 def render(plan: ScenePlan, load: Callable[[int], np.ndarray], labels: Sequence[int], rate: int,
@@ -226,6 +261,12 @@ def render(plan: ScenePlan, load: Callable[[int], np.ndarray], labels: Sequence[
     if gain != 1.0:
         audio, background, tracks = (a * np.float32(gain) for a in (audio, background, tracks))
     return Soundscape(audio.astype(np.float32), background.astype(np.float32), tracks, event_labels, spans, gain)
+
+
+def spans_at_speed(spans: Sequence[tuple[int, int]], factor: float) -> list[tuple[int, int]]:
+    """Where events spanning ``spans`` (samples) lie once their scene plays ``factor`` times as
+    fast (:func:`train.data.augment.change_speed`, training's speed augmentation)."""
+    return [(round(start / factor), round(stop / factor)) for start, stop in spans]
 
 
 def annotations(scene: Soundscape, classes: Sequence[str], rate: int) -> list[Annotation]:
@@ -287,6 +328,13 @@ def ambient_backgrounds(dataset: Dataset, folds) -> list[list[int]]:
     return ids
 
 
+def ambient_audio(dataset: Dataset, folds, sample_rate: int) -> list[list[np.ndarray]]:
+    """The audio of ESC-10's ambient clips in ``folds`` at ``sample_rate``, one list per class
+    present: the backgrounds of scenes made while training (:mod:`train.fit.strong`)."""
+    return [[dataset.load(dataset.clips[i], sample_rate) for i in ids]
+            for ids in ambient_backgrounds(dataset, folds) if ids]
+
+
 def write_scenes(dataset: Dataset, out: str | os.PathLike, per_fold: int, recipe: SceneRecipe = SceneRecipe(),
                  seed: int = 0, folds=None, backgrounds: Dataset | None = None, background_folds=None,
                  sample_rate: int = 22050, command: str | None = None, quiet: bool = False) -> Path:
@@ -297,7 +345,7 @@ def write_scenes(dataset: Dataset, out: str | os.PathLike, per_fold: int, recipe
     out, folds = output_folds(dataset, out, folds)
     pool: list[Clip] = list(dataset.clips)
     background_ids: list[list[int]] = []
-    if recipe.background == "ambient":
+    if recipe.background != "brown":
         if backgrounds is None:
             raise DatasetError("the ambient background needs --backgrounds (an ESC-10 or ESC-50 folder)")
         offset = len(pool)

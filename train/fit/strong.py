@@ -1,14 +1,18 @@
 """Strong-label training: the Piczak CNN taught where events are, on soundscapes.
 
 Every epoch, fresh scenes are planned from the training clips
-(:mod:`train.data.scenes`, the URBAN-SED recipe unless told otherwise), rendered,
-sent through the frontend as audio, and cut into windows every ``stride``
-frames (from a random first frame). A window's targets are the classes whose
-annotated events overlap the part of the window its score is meant to
-describe: the ``describe`` frames' span around the window's centre, the time
-the engine attributes a window's score to. So a score says what sounds *now*,
-at the window's centre, rather than anywhere in 2.35 s, which is what lets
-events open and close where the sounds are. Binary cross-entropy, the same
+(:mod:`train.data.scenes`, the URBAN-SED recipe unless told otherwise, over
+Brownian noise or ESC-10's ambient recordings), rendered, optionally played
+faster or slower as a whole (speed augmentation: the events' spans move with
+it), sent through the frontend as audio, and cut into windows every ``stride``
+frames (from a random first frame). The study's other kinds of example can join
+an epoch through the same mixing path: single clips and two-clip overlays, each
+rendered as a short scene of its own. A window's targets are the classes whose
+annotated events overlap the part of the window its score is meant to describe:
+the ``describe`` frames' span around the window's centre, the time the engine
+attributes a window's score to. So a score says what sounds *now*, at the
+window's centre, rather than anywhere in 2.35 s, which is what lets events open
+and close where the sounds are. Binary cross-entropy, the same
 network, optionally pretrained on single clips (:func:`train.crossval.fit`).
 
 Validation scenes come from clips held out of the training folds by source
@@ -28,9 +32,10 @@ import numpy as np
 import torch
 
 from streamtag.errors import DatasetError
-from train.data.augment import Augment
+from train.data.augment import Augment, change_speed
 from train.data.cache import DatasetFeatures, clip_features
-from train.data.scenes import Annotation, SceneRecipe, Soundscape, annotations, loudness, plan_scenes, render
+from train.data.scenes import (Annotation, SceneRecipe, Soundscape, ambient_audio, annotations, loudness, plan_pairs,
+                               plan_scenes, plan_singles, render, spans_at_speed)
 from train.data.segments import WINDOWS, gather
 from train.data.sources import shuffled_batches
 from train.evaluate.multilabel import average_precision
@@ -41,14 +46,20 @@ from train.fit.multilabel import starting_net
 
 @dataclasses.dataclass
 class Scenes:
-    """The scene stage's data: ``per_epoch`` new scenes each epoch, ``val_scenes`` fixed
-    validation scenes, targets for the ``describe`` frames at each window's centre."""
+    """The scene stage's data: ``per_epoch`` new scenes each epoch (and, to mix the study's
+    kinds of example into one training, ``singles`` single clips and ``pairs`` two-clip
+    overlays, rendered as short scenes), ``val_scenes`` fixed validation scenes, targets for
+    the ``describe`` frames at each window's centre."""
 
     per_epoch: int = 300
     val_scenes: int = 60
     recipe: SceneRecipe = SceneRecipe()
     describe: int = 4  # frames (93 ms): the part of a window its score describes, centred
     pretrain_epochs: int = 0
+    singles: int = 0  # single clips mixed into each epoch (each a short scene of its own)
+    pairs: int = 0  # two-clip overlays mixed into each epoch (short scenes too)
+    backgrounds: str | None = None  # ESC-10 folder (as the user typed it) for the recipe's ambient backgrounds
+    background_folds: list[int] | None = None  # its folds the backgrounds come from (default: all)
 
 
 def window_targets(scene: Soundscape, starts: np.ndarray, length: int, describe: int, hop: int, n_fft: int,
@@ -64,29 +75,62 @@ def window_targets(scene: Soundscape, starts: np.ndarray, length: int, describe:
     return targets
 
 
+def ambient(scenes: Scenes, sample_rate: int) -> list[list[np.ndarray]]:
+    """The ambient backgrounds ``scenes`` asks for (none for Brownian noise), loaded once."""
+    from train.data.datasets import read_dataset
+
+    if scenes.recipe.background == "brown":
+        return []
+    if not scenes.backgrounds:
+        raise DatasetError("the ambient background needs --backgrounds (an ESC-10 or ESC-50 folder)")
+    esc = read_dataset("esc10", scenes.backgrounds)
+    return ambient_audio(esc, scenes.background_folds or esc.folds, sample_rate)
+
+
 class SceneMaker:
     """Plans and renders scenes of a set of clips, one fold at a time (a scene never mixes
-    folds), with every clip's loudness measured once."""
+    folds), with every clip's loudness measured once; ``backgrounds`` (audio at the
+    features' rate, one list per ambient class) for the ambient recipes."""
 
-    def __init__(self, feats: DatasetFeatures, clip_ids, recipe: SceneRecipe):
+    def __init__(self, feats: DatasetFeatures, clip_ids, recipe: SceneRecipe,
+                 backgrounds: list[list[np.ndarray]] = ()):
         self.feats, self.recipe = feats, recipe
+        # background k of the flat list is clip len(clips) + k to the planner and the mixer
+        self._background = [audio for group in backgrounds for audio in group]
+        first, sizes = len(feats.dataset.clips), [len(g) for g in backgrounds]
+        self.background_ids = [list(range(first + a, first + a + n)) for a, n in
+                               zip(np.cumsum([0] + sizes[:-1]), sizes)]
         self.clip_ids = np.asarray(clip_ids)
         self.rate = feats.spec.sample_rate
         self._lufs = {int(i): loudness(feats.clip_audio(int(i)), self.rate) for i in self.clip_ids}
         folds = np.array([feats.dataset.clips[i].fold for i in self.clip_ids])
         self.by_fold = {int(f): self.clip_ids[folds == f] for f in np.unique(folds)}
 
-    def make(self, n: int, rng: np.random.Generator) -> list[Soundscape]:
-        """``n`` scenes, shared among the folds in proportion to their clips."""
+    def make(self, n: int, rng: np.random.Generator, kind: str = "scenes", min_length: int = 0) -> list[Soundscape]:
+        """``n`` scenes, shared among the folds in proportion to their clips: the recipe's
+        ("scenes"), one clip each ("singles") or two-clip overlays ("pairs"), the last two at
+        least ``min_length`` samples long."""
         clips, labels = self.feats.dataset.clips, self.feats.dataset.labels
         counts = rng.multinomial(n, [len(v) / len(self.clip_ids) for v in self.by_fold.values()]) if n else []
+
+        def length_of(i: int) -> int:
+            return len(self.load(i))
+
         scenes = []
         for (fold, ids), k in zip(self.by_fold.items(), counts):
-            plans = plan_scenes(clips, ids, int(k), rng, self.recipe, self.rate,
-                                lambda i: len(self.feats.clip_audio(int(i))))
-            scenes += [render(p, lambda i: self.feats.clip_audio(int(i)), labels, self.rate, self.recipe,
-                              self._lufs.__getitem__) for p in plans]
+            if kind == "scenes":
+                plans = plan_scenes(clips, ids, int(k), rng, self.recipe, self.rate, length_of, self.background_ids)
+            elif kind == "singles":
+                plans = plan_singles(clips, ids, int(k), rng, length_of, min_length)
+            else:
+                plans = plan_pairs(clips, ids, int(k), rng, length_of, min_length=min_length)
+            scenes += [render(p, self.load, labels, self.rate, self.recipe, self._lufs.__getitem__) for p in plans]
         return scenes
+
+    def load(self, i: int) -> np.ndarray:
+        """Clip ``i``'s audio, or background ``i - len(clips)``'s."""
+        first = len(self.feats.dataset.clips)
+        return self.feats.clip_audio(int(i)) if i < first else self._background[int(i) - first]
 
 
 class SceneSource:
@@ -94,8 +138,8 @@ class SceneSource:
     with strong targets, shuffled."""
 
     def __init__(self, maker: SceneMaker, n: int, length: int, stride: int, describe: int, augment: Augment,
-                 batch_size: int = 128):
-        self.maker, self.n = maker, n
+                 batch_size: int = 128, singles: int = 0, pairs: int = 0):
+        self.maker, self.n, self.singles, self.pairs = maker, n, singles, pairs
         self.length, self.stride, self.describe = length, stride, describe
         self.augment, self.batch_size = augment, batch_size
 
@@ -103,10 +147,17 @@ class SceneSource:
         spec = self.maker.feats.spec
         n_classes = len(self.maker.feats.dataset.classes)
         windows, targets = [], []
-        for scene in self.maker.make(self.n, rng):
+        shortest = (self.length - 1) * spec.hop_length + spec.n_fft  # a single clip or a pair makes one window at least
+        examples = (self.maker.make(self.n, rng) + self.maker.make(self.singles, rng, "singles", shortest)
+                    + self.maker.make(self.pairs, rng, "pairs", shortest))
+        for scene in examples:
             audio = scene.audio
             if self.augment.gain_db:
                 audio = audio * np.float32(10 ** (rng.uniform(-self.augment.gain_db, self.augment.gain_db) / 20))
+            if self.augment.speed:  # the whole scene faster or slower: its events' times scale with it
+                factor = self.augment.speed_factor(rng)
+                audio = change_speed(audio, factor)
+                scene = dataclasses.replace(scene, spans=spans_at_speed(scene.spans, factor))
             frames = clip_features(audio, spec)
             first = int(rng.integers(self.stride)) if self.augment.shift else 0
             starts = np.arange(first, len(frames) - self.length + 1, self.stride)
@@ -155,7 +206,8 @@ def window_map(net, scenes: list, reference: dict, classes: list[str], length: i
     return float(np.nanmean(average_precision(np.concatenate(probs), np.concatenate(truth))))
 
 
-def validation(feats: DatasetFeatures, train_ids, scenes: Scenes, seed: int, val_fraction: float):
+def validation(feats: DatasetFeatures, train_ids, scenes: Scenes, seed: int, val_fraction: float,
+               backgrounds: list[list[np.ndarray]] = ()):
     """``(fit_ids, val_ids, val_scenes, val_reference)``: the clips held out of ``train_ids``
     (whole recordings, drawn from ``seed``) and their fixed validation scenes; the same for the
     same arguments, so a model's validation scenes can be made again from its provenance."""
@@ -163,7 +215,7 @@ def validation(feats: DatasetFeatures, train_ids, scenes: Scenes, seed: int, val
     if not len(val_ids) or not len(fit_ids):
         raise DatasetError(f"need clips on both sides of the validation split, got {len(fit_ids)} to train on and "
                            f"{len(val_ids)} held out (val fraction {val_fraction:g})")
-    val_scenes, val_reference = render_set(SceneMaker(feats, val_ids, scenes.recipe), scenes.val_scenes,
+    val_scenes, val_reference = render_set(SceneMaker(feats, val_ids, scenes.recipe, backgrounds), scenes.val_scenes,
                                            [seed, 7], "val")
     return fit_ids, val_ids, val_scenes, val_reference
 
@@ -175,7 +227,9 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
     less the validation clips held out of them (whole recordings), whose scenes it scores."""
     length, _ = WINDOWS[window]
     stride = scenes.describe
-    fit_ids, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, seed, val_fraction)
+    backgrounds = ambient(scenes, feats.spec.sample_rate)
+    fit_ids, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, seed, val_fraction,
+                                                             backgrounds)
     note = on_epoch or (lambda row: None)
     multilabel = dataclasses.replace(recipe, head="multilabel", patience=0)
     net, _, history = starting_net(feats, fit_ids, window, multilabel, scenes.pretrain_epochs, augment, seed, device,
@@ -188,8 +242,8 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
         net.train()
         note(row)
 
-    source = SceneSource(SceneMaker(feats, fit_ids, scenes.recipe), scenes.per_epoch, length, stride,
-                         scenes.describe, augment, recipe.batch_size)
+    source = SceneSource(SceneMaker(feats, fit_ids, scenes.recipe, backgrounds), scenes.per_epoch, length, stride,
+                         scenes.describe, augment, recipe.batch_size, scenes.singles, scenes.pairs)
     history += train(net, source, multilabel, np.random.default_rng([seed, 1]), device, augment.specaugment,
                      None, after_epoch)
     net.eval()
@@ -250,7 +304,8 @@ def retune(model_path: Path, feats: DatasetFeatures, path: Path) -> dict:
     fold_of = np.array([c.fold for c in feats.dataset.clips])
     train_ids = np.flatnonzero(np.isin(fold_of, prov["folds"]))
     _, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, prov["seed"],
-                                                       prov.get("val_fraction", 0.15))
+                                                       prov.get("val_fraction", 0.15),
+                                                       ambient(scenes, feats.spec.sample_rate))
     net = load_network(model_path)
     kept = {k: v for k, v in prov.items() if k not in ("val_detection", "metrics", "saved_at")}
     return export_tuned(net, path, feats, meta["window_frames"], meta["hop_frames"], kept, val_scenes,
