@@ -86,7 +86,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--dense", type=int, default=1500)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--augment", default="shift,gain=6",
-                   help="shift, gain[=dB], speed[=F] (the whole scene F faster or slower), specaugment "
+                   help="shift, gain[=dB], speed[=F] (the whole scene up to F faster or slower: 0.1 = +-10 %%), specaugment "
                         "(default shift,gain=6)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)

@@ -97,9 +97,10 @@ class SceneMaker:
         self.feats, self.recipe = feats, recipe
         # background k of the flat list is clip len(clips) + k to the planner and the mixer
         self._background = [audio for group in backgrounds for audio in group]
-        first, sizes = len(feats.dataset.clips), [len(g) for g in backgrounds]
-        self.background_ids = [list(range(first + a, first + a + n)) for a, n in
-                               zip(np.cumsum([0] + sizes[:-1]), sizes)]
+        self.background_ids, first = [], len(feats.dataset.clips)
+        for group in backgrounds:
+            self.background_ids.append(list(range(first, first + len(group))))
+            first += len(group)
         self.clip_ids = np.asarray(clip_ids)
         self.rate = feats.spec.sample_rate
         self._lufs = {int(i): loudness(feats.clip_audio(int(i)), self.rate) for i in self.clip_ids}
@@ -122,8 +123,10 @@ class SceneMaker:
                 plans = plan_scenes(clips, ids, int(k), rng, self.recipe, self.rate, length_of, self.background_ids)
             elif kind == "singles":
                 plans = plan_singles(clips, ids, int(k), rng, length_of, min_length)
-            else:
+            elif kind == "pairs":
                 plans = plan_pairs(clips, ids, int(k), rng, length_of, min_length=min_length)
+            else:
+                raise ValueError(f"kind must be scenes, singles or pairs, got {kind!r}")
             scenes += [render(p, self.load, labels, self.rate, self.recipe, self._lufs.__getitem__) for p in plans]
         return scenes
 
