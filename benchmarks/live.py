@@ -12,8 +12,8 @@ waits on the ring.
 
 The networks are untrained, of the shapes the issue names (41-frame windows,
 dense 1500 and 5000); one more configuration runs the model embedded in the
-package as ``streamtag live`` does by default (101-frame windows at its own
-hop of 4 frames), which is what a user of the default model waits for.
+package as ``streamtag live`` does by default (its own window length and
+hop), which is what a user of the default model waits for.
 
 Each model is warmed up (numba, TorchScript's profiling executor,
 allocations) by a short unmeasured run before its first configuration. Torch

@@ -116,7 +116,8 @@ class RemoteSession:
                 elif kind == "window" and on_window is not None:
                     scores = np.asarray(obj["scores"], dtype=np.float32)
                     now = time.perf_counter()
-                    on_window(WindowScores(obj["index"], obj["start"], obj["end"], scores, scores, now, now))
+                    on_window(WindowScores(obj["index"], obj["start"], obj["end"], obj["at"], scores, scores, now,
+                                           now))
                 elif kind == "summary":
                     return obj
         raise RemoteError(f"{self.url} closed the stream before its summary")

@@ -17,7 +17,10 @@ covers model-rate samples ``[(t - window_frames + 1) * hop, t * hop + n_fft)``:
 its times in seconds of the input come from those sample positions, never
 from a clock. If a live source drops audio, the engine closes open events at
 the gap and starts a new stretch at the position where audio resumes, so times
-after a gap stay exact too.
+after a gap stay exact too. A window's score describes one moment in it, the
+part the network was trained to describe (``model.score_at``: its centre for
+most models, its last frames for one trained without look-ahead); events are
+placed there.
 
 A caller that has the audio in its own hands (the Python API's streams, a
 server's connections) pushes blocks instead: :meth:`Engine.open`,
@@ -59,13 +62,15 @@ OnEvent = Callable[[str, Event], None]  # ("open" | "close", event)
 
 @dataclasses.dataclass(frozen=True)
 class WindowScores:
-    """One scored window. ``start``/``end`` are seconds of the input;
-    ``arrival`` and ``done`` are ``time.perf_counter()`` stamps of when its last
-    sample entered the ring and when its scores were ready."""
+    """One scored window. ``start``/``end`` are seconds of the input, ``at`` the
+    moment its score describes (its centre for most models); ``arrival`` and
+    ``done`` are ``time.perf_counter()`` stamps of when its last sample entered
+    the ring and when its scores were ready."""
 
     index: int
     start: float
     end: float
+    at: float
     scores: np.ndarray  # (C,) probabilities from the model
     smoothed: np.ndarray  # (C,) after per-class smoothing
     arrival: float
@@ -154,8 +159,8 @@ class Engine:
 
     ``model`` is a :class:`~streamtag.modelfile.TaggerModel` (or anything with
     its ``classes``, ``spec``, ``window_frames``, ``hop_frames``,
-    ``thresholds`` and ``predict``). ``hop_frames`` defaults to the model's;
-    ``thresholds`` (one value or one per class) to the model's; the decoding
+    ``thresholds`` and ``predict``; ``score_at`` is 0.5 when it has none).
+    ``hop_frames`` defaults to the model's; ``thresholds`` (one value or one per class) to the model's; the decoding
     settings (``smooth``, ``hysteresis``, ``min_duration``, ``filter``, ``max_gap``: see
     :class:`~streamtag.events.Decoding`) to those the model file carries (tuned
     on its validation scenes), else Decoding's defaults. A class's event ends
@@ -183,6 +188,7 @@ class Engine:
         self.spec = model.spec
         self.classes = list(model.classes)
         self.window_frames = int(model.window_frames)
+        self.score_at = float(getattr(model, "score_at", 0.5))  # where in a window the moment it describes lies
         self.hop_frames = int(model.hop_frames if hop_frames is None else hop_frames)
         if self.hop_frames < 1:
             raise StreamtagError(f"hop must be at least 1 frame, got {self.hop_frames}")
@@ -534,7 +540,8 @@ class Engine:
         last_inputs = self._stretch_start + (stops * rate + sr - 1) // sr - 1  # ceil, in integers
         arrivals = self._arrivals.times(last_inputs)
         firsts = stops - ((self.window_frames - 1) * spec.hop_length + spec.n_fft)
-        smoothed, centres = self.smoother.push(scores, t0 + (firsts + stops) / 2 / sr)
+        ats = t0 + (firsts + self.score_at * (stops - firsts)) / sr  # the moments the scores describe
+        smoothed, centres = self.smoother.push(scores, ats)
         if self.meters:
             self.latency["end_to_end"].extend(done - arrivals)
         # summed in window order, so a clip's mean does not depend on how its windows were split into reads
@@ -551,9 +558,10 @@ class Engine:
         caused: dict[int, list[tuple[str, Event]]] = {}
         for i, kind, event in changes:
             caused.setdefault(i, []).append((kind, event))
-        for i, (start, stop, p, q, arrival) in enumerate(zip((t0 + firsts / sr).tolist(), (t0 + stops / sr).tolist(),
-                                                             scores, smoothed, arrivals.tolist())):
-            self._on_window(WindowScores(self._windows, start, stop, p, q, arrival, done))
+        for i, (start, stop, at, p, q, arrival) in enumerate(zip((t0 + firsts / sr).tolist(),
+                                                                 (t0 + stops / sr).tolist(), ats.tolist(),
+                                                                 scores, smoothed, arrivals.tolist())):
+            self._on_window(WindowScores(self._windows, start, stop, at, p, q, arrival, done))
             self._windows += 1
             self._emit(caused.get(i, ()))  # after the window that caused them
 

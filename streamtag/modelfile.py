@@ -12,6 +12,8 @@ travels inside, as the extra file ``streamtag.json``::
       "spec": {...},                  # FeatureSpec.to_dict(): how frames are made
       "window_frames": 41,            # frames per window the network takes
       "hop_frames": 10,               # default hop between windows when streaming
+      "score_at": 0.5,                # optional: where in the window the time a score describes lies
+                                      # (0 its first sample, 1 its last; 0.5, the centre, when absent)
       "head": "multilabel",           # or "single" (softmax)
       "thresholds": [0.5, ...],       # per-class decision thresholds
       "architecture": {...},          # PiczakCNN.config()
@@ -98,10 +100,14 @@ def _scripted(net: PiczakCNN, quantize: bool) -> torch.jit.ScriptModule:
 
 def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frames: int, hop_frames: int,
                thresholds=None, provenance: dict | None = None, quantize: bool = False,
-               decoding: Decoding | None = None) -> Path:
+               decoding: Decoding | None = None, score_at: float = 0.5) -> Path:
     """Write ``net`` (in eval mode; the caller's module is left untouched) and its
     metadata to one file. ``quantize`` stores the dense layers in int8 (CPU only).
     ``decoding``: how the engine turns this model's scores into events by default.
+    ``score_at``: the moment a window's score describes, as a share of the window
+    (0.5: its centre; near 1: its end, a score with no look-ahead), the part of the
+    window the network was trained to describe, so that events open where the
+    sounds are.
     ``provenance`` gets ``streamtag_version``, ``torch_version`` and ``saved_at``
     added when missing."""
     if not isinstance(net, PiczakCNN):
@@ -119,6 +125,8 @@ def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frame
         raise ModelError(f"window_frames={window_frames} but the network takes {net.frames} frames")
     if not (isinstance(hop_frames, int) and hop_frames >= 1):
         raise ModelError(f"hop_frames must be a positive int, got {hop_frames!r}")
+    if not _is_share(score_at):
+        raise ModelError(f"score_at must be a number in [0, 1], got {score_at!r}")
     thresholds = _check_thresholds(np.full(len(classes), 0.5) if thresholds is None else thresholds, len(classes),
                                    ModelError)
     provenance = dict(provenance or {})
@@ -132,6 +140,7 @@ def save_model(path, net: PiczakCNN, *, classes, spec: FeatureSpec, window_frame
         "spec": spec.to_dict(),
         "window_frames": int(window_frames),
         "hop_frames": int(hop_frames),
+        "score_at": float(score_at),
         "head": net.head,
         "thresholds": [float(t) for t in thresholds],
         "architecture": net.config(),
@@ -177,6 +186,7 @@ class TaggerModel:
         self.spec = FeatureSpec.from_dict(metadata["spec"])
         self.window_frames: int = metadata["window_frames"]
         self.hop_frames: int = metadata["hop_frames"]
+        self.score_at: float = float(metadata.get("score_at", 0.5))  # files from before it: the centre
         self.thresholds = np.asarray(metadata["thresholds"], dtype=np.float32)
         self.head: str = metadata["head"]
         self.provenance: dict = metadata["provenance"]
@@ -469,6 +479,7 @@ def _check_metadata(meta, path: Path) -> None:
     need(len(classes) >= 1 and all(isinstance(c, str) and c for c in classes), "classes must be non-empty strings")
     need(meta["head"] in HEADS, f"head {meta['head']!r} is not one of {', '.join(HEADS)}")
     need(meta["window_frames"] >= 1 and meta["hop_frames"] >= 1, "window_frames and hop_frames must be positive")
+    need(_is_share(meta.get("score_at", 0.5)), "score_at must be a number in [0, 1]")
     try:
         spec = FeatureSpec.from_dict(meta["spec"])
     except (SpecError, TypeError) as exc:
@@ -480,6 +491,10 @@ def _check_metadata(meta, path: Path) -> None:
             Decoding.from_dict(meta["decoding"]).min_durations(len(classes))
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: bad metadata: decoding: {exc}") from None
+
+
+def _is_share(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _check_thresholds(values, n: int, error) -> np.ndarray:

@@ -49,6 +49,10 @@ def render_info(model: TaggerModel, path: Path) -> Group:
     table.add_row("head", f"{head}, {len(model.classes)} classes")
     table.add_row("window", f"{model.window_frames} frames ({spec.seconds(model.window_frames):.2f} s)")
     table.add_row("default hop", f"{model.hop_frames} frames ({spec.seconds(model.hop_frames):.3f} s)")
+    ahead = (1 - model.score_at) * ((model.window_frames - 1) * spec.hop_length + spec.n_fft) / spec.sample_rate
+    table.add_row("a score describes", ("its window's centre" if model.score_at == 0.5 else
+                                        f"the moment {model.score_at:.3f} of the way into its window")
+                  + f" (look-ahead {ahead:.3f} s)")
     table.add_row("network", f"Piczak CNN, dense {arch['dense']}, "
                              f"batch norm {'on' if arch['batch_norm'] else 'off'}, dropout {arch['dropout']}, "
                              f"{parameter_count(arch) / 1e6:.2f} M parameters"

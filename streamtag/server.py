@@ -18,9 +18,10 @@ Each client opens one stream on one WebSocket connection:
 4. The server sends text messages of JSON Lines (one object per line, several
    lines per message): ``{"type": "event", "state": "open"|"close", "label",
    "onset", "offset", "score"}``, ``{"type": "window", "index", "start", "end",
-   "scores": [...]}`` when asked, ``{"type": "dropped", "samples", "at"}`` when
-   the server had to drop audio of this stream (a client's own skips are not
-   echoed; both count in the summary's ``dropped_samples``), and after ``end``
+   "at", "scores": [...]}`` when asked (``at``: the moment the score describes),
+   ``{"type": "dropped", "samples", "at"}`` when the server had to drop audio of
+   this stream (a client's own skips are not echoed; both count in the
+   summary's ``dropped_samples``), and after ``end``
    ``{"type": "summary", ...}``; then it closes the connection (1000).
 
 How the work is shared: every stream has its own engine (frontend, resampler,
@@ -487,7 +488,7 @@ class _Stream:
         self.arrivals.append(window.arrival)
         if self.fmt.windows:
             self.lines.append(json.dumps({"type": "window", "index": window.index, "start": round(window.start, 6),
-                                          "end": round(window.end, 6),
+                                          "end": round(window.end, 6), "at": round(window.at, 6),
                                           "scores": [round(float(p), 6) for p in window.scores]}))
 
     def _event(self, kind: str, event: Event) -> None:

@@ -75,6 +75,7 @@ class JsonLinesSink(Sink):
         if self.wants_windows:
             self._write({"type": "window", "source": self.source, "index": window.index,
                          "start": round(window.start, 6), "end": round(window.end, 6),
+                         "at": round(window.at, 6),
                          "scores": {c: round(float(s), 6) for c, s in zip(self.classes, window.scores)}})
 
     def event(self, kind: str, event: Event) -> None:

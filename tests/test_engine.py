@@ -163,6 +163,28 @@ def test_hand_checked_scene_with_default_hop_smoothing_and_min_duration():
     assert abs(found["high"][0] - 2.0) <= hop and abs(found["high"][1] - (3.0 + late)) <= hop
 
 
+def test_a_score_is_placed_at_the_moment_the_model_describes():
+    """A model trained to describe its windows' ends (no look-ahead) has each score, and so its
+    events, placed there: the same scores as a centre model's, times later by the same amount."""
+    audio = scene(22050)
+    centre = run(Engine(EnergyModel(), hop_frames=1, smooth=0, hysteresis=0.0, min_duration=0.1),
+                 ArraySource(audio, 22050))
+    late = EnergyModel()
+    late.score_at = 0.9
+    ending = run(Engine(late, hop_frames=1, smooth=0, hysteresis=0.0, min_duration=0.1), ArraySource(audio, 22050))
+    for w in centre[1]:
+        assert w.at == pytest.approx((w.start + w.end) / 2, abs=1e-9)
+    shift = 0.4 * ((41 - 1) * SPEC.hop_length + SPEC.n_fft) / SR
+    for a, b in zip(centre[1], ending[1]):
+        np.testing.assert_array_equal(a.scores, b.scores)
+        assert (a.start, a.end) == (b.start, b.end) and b.at == pytest.approx(a.at + shift, abs=1e-9)
+    assert len(centre[2]) == len(ending[2]) == 2
+    for a, b in zip(centre[2], ending[2]):
+        assert a.label == b.label
+        assert b.onset == pytest.approx(a.onset + shift, abs=1e-9) and b.offset == pytest.approx(a.offset + shift,
+                                                                                                abs=1e-9)
+
+
 def test_random_model_events_match_the_offline_path(random_model_file):
     from streamtag.modelfile import load_model
 

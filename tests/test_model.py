@@ -134,8 +134,9 @@ def test_round_trip_keeps_metadata_and_outputs(tmp_path):
     provenance = {"dataset": "UrbanSound8K", "folds": {"train": [1], "validation": [2]}, "epochs": 3,
                   "metrics": {"accuracy": 0.5}, "code_version": "abc123"}
     path = _save(tmp_path, net, classes=US8K_CLASSES, hop_frames=7, thresholds=thresholds,
-                 provenance=provenance)
+                 provenance=provenance, score_at=0.9)
     model = load_model(path, device="cpu")
+    assert model.score_at == 0.9
     assert model.classes == US8K_CLASSES
     assert model.spec == SPEC
     assert (model.window_frames, model.hop_frames, model.head) == (41, 7, "single")
@@ -314,6 +315,11 @@ def test_a_file_without_the_stem_is_scored_window_by_window(tmp_path):
                                atol=1e-6)
 
 
+def test_a_file_from_before_score_at_scores_the_window_centre(tmp_path, random_model_file):
+    _rewrite_metadata(random_model_file, tmp_path / "old.pt", lambda m: m.pop("score_at"))
+    assert load_model(tmp_path / "old.pt").score_at == 0.5
+
+
 def test_random_model_fixture_is_as_documented(random_model_file):
     meta = read_metadata(random_model_file)
     assert meta["classes"] == US8K_CLASSES and meta["thresholds"] == [0.5] * 10
@@ -326,6 +332,7 @@ def test_save_rejects_inconsistent_arguments(tmp_path):
                           (dict(window_frames=101), "41 frames"), (dict(hop_frames=0), "hop_frames"),
                           (dict(thresholds=[0.5, 2.0, 0.5]), r"\[0, 1\]"), (dict(thresholds=[0.5]), "3 thresholds"),
                           (dict(spec=FeatureSpec(n_mels=40)), "40 mel bands"),
+                          (dict(score_at=1.5), "score_at"), (dict(score_at=float("nan")), "score_at"),
                           (dict(provenance={"when": object()}), "JSON")]:
         with pytest.raises(ModelError, match=match):
             _save(tmp_path, net, **kwargs)
@@ -365,6 +372,8 @@ def test_unusable_files_give_clear_errors(tmp_path, random_model_file):
     cases["spec.pt"] = "hop_length"
     _rewrite_metadata(random_model_file, tmp_path / "nothresh.pt", lambda m: m.pop("thresholds"))
     cases["nothresh.pt"] = "'thresholds' missing"
+    _rewrite_metadata(random_model_file, tmp_path / "score_at.pt", lambda m: m.update(score_at="end"))
+    cases["score_at.pt"] = "score_at must be a number"
     flipped = bytearray(good)
     at = good.index(b"PK\x03\x04", len(good) // 3) - 100  # inside some stored tensor
     flipped[at] ^= 0xFF
@@ -416,7 +425,7 @@ def test_info_prints_the_metadata(random_model_file, capsys):
     assert main(["info", str(random_model_file)]) == 0
     out = capsys.readouterr().out
     for text in ["schema 1", "multilabel", "41 frames", "0.95 s", "dense 64", "22050 Hz", "none (random weights)",
-                 *US8K_CLASSES]:
+                 "its window's centre (look-ahead 0.488 s)", *US8K_CLASSES]:
         assert text in out
 
 

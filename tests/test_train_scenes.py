@@ -87,7 +87,7 @@ def test_written_scenes_hold_dcase_annotations_of_their_audio(tones, tmp_path):
 
 def test_window_targets_follow_the_annotations():
     from train.data.scenes import Soundscape
-    from train.fit.strong import window_targets
+    from train.fit.strong import end_share, window_targets
 
     spec = FeatureSpec()
     hop, n_fft = spec.hop_length, spec.n_fft
@@ -99,6 +99,11 @@ def test_window_targets_follow_the_annotations():
     expected = (10 * hop < centre + hop) & (20 * hop > centre - hop)
     np.testing.assert_array_equal(t[:, 1], expected)
     assert expected.any() and not expected.all() and not t[:, [0, 2]].any()
+    # a score that describes the window's end: its last 2 frames' span, [end - 2 hops, end)
+    end = window_targets(scene, starts, 5, 2, hop, n_fft, 3, end_share(5, 2, hop, n_fft))
+    last = starts * hop + 4 * hop + n_fft
+    np.testing.assert_array_equal(end[:, 1], (10 * hop < last) & (20 * hop > last - 2 * hop))
+    assert not np.array_equal(end[:, 1], expected)
 
 
 HAND_REF = {"a.wav": [Annotation(1.0, 3.0, "dog")], "b.wav": [Annotation(2.0, 4.0, "siren")]}
@@ -181,11 +186,12 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     from streamtag.modelfile import load_model
     from train.data.augment import Augment
     from train.fit.loop import Recipe
-    from train.fit.strong import Scenes, export_tuned, retune, train_strong
+    from train.fit.strong import Scenes, end_share, export_tuned, retune, train_strong
 
     torch.set_num_threads(1)
     feats = load_features(read_us8k(tones), FeatureSpec(), tmp_path / "cache", quiet=True)
-    scenes = Scenes(per_epoch=6, val_scenes=3, recipe=SceneRecipe(duration=4.0, events=(1, 3)))
+    at = end_share(41, 4, feats.spec.hop_length, feats.spec.n_fft)  # scores that describe the windows' ends
+    scenes = Scenes(per_epoch=6, val_scenes=3, recipe=SceneRecipe(duration=4.0, events=(1, 3)), describe_at=at)
     trained = train_strong(feats, np.arange(len(feats.dataset.clips)), "short", Recipe(epochs=2, dense=32),
                            scenes, Augment(shift=True), seed=0, val_fraction=0.3)
     assert [r["stage"] for r in trained.history] == ["scenes", "scenes"]
@@ -194,8 +200,9 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     provenance = {"dataset": "tones", "recipe": "strong labels on soundscapes", "folds": [1, 2], "seed": 0,
                   "val_fraction": 0.3, "scenes": dataclasses.asdict(scenes)}
     metrics = export_tuned(trained.net, path, feats, 41, 4, provenance, trained.val_scenes,
-                           trained.val_reference, trained.val_ids)
+                           trained.val_reference, trained.val_ids, scenes.describe_at)
     model = load_model(path, device="cpu")
+    assert model.score_at == at
     assert model.decoding is not None and len(model.decoding.min_durations(len(model.classes))) == 3
     assert model.provenance["val_detection"]["segment_f1"] == metrics["segment_f1"]
     assert 0 <= model.provenance["metrics"]["val_single_accuracy"] <= 1
@@ -213,6 +220,8 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
                              str(tmp_path / name)], capture_output=True, text=True, timeout=300)
     assert frames.returncode == 0, frames.stderr
     (tmp_path / "frames.jsonl").write_text(frames.stdout)
+    windows = [w for w in map(json.loads, frames.stdout.splitlines()) if w["type"] == "window"]
+    assert windows and all(abs(w["at"] - (w["start"] + at * (w["end"] - w["start"]))) < 2e-6 for w in windows)
     scored = subprocess.run([sys.executable, "-m", "train", "score", str(tmp_path / "ref.tsv"),
                              str(tmp_path / "est.tsv"), "--frames", str(tmp_path / "frames.jsonl")],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -223,6 +232,7 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     assert again == metrics
     retuned = load_model(tmp_path / "again.pt", device="cpu")
     assert retuned.decoding == model.decoding and np.array_equal(retuned.thresholds, model.thresholds)
+    assert retuned.score_at == at
 
 
 def test_ambient_backgrounds_come_from_the_folds_asked(tones, tmp_path):
@@ -365,7 +375,9 @@ def test_strong_refuses_bad_counts_and_options_in_one_line(tmp_path):
     for extra, message in ((["--clips-per-epoch", "-1"], "must be 0 or more"),
                            (["--scenes-per-epoch", "0"], "not all 0"),
                            (["--augment", "mix"], "a scene mixes its own"),
-                           (["--background", "both"], "needs --backgrounds")):
+                           (["--background", "both"], "needs --backgrounds"),
+                           (["--describe-at", "late"], "--describe-at takes centre, end or a share"),
+                           (["--describe-at", "1.5"], "--describe-at takes centre, end or a share")):
         done = subprocess.run([sys.executable, "-m", "train", "strong", str(tmp_path), "--dataset", "us8k",
                                "--test-fold", "1", "--export", str(tmp_path / "m.pt"), *extra],
                               capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -73,6 +73,10 @@ def add_commands(sub, common) -> None:
     p.add_argument("--window", choices=("short", "long"), default="short")
     p.add_argument("--hop-frames", type=int, default=4, help="live hop of the exported model, and the frames a "
                                                              "score describes (default 4: 93 ms)")
+    p.add_argument("--describe-at", default="centre", metavar="centre|end|SHARE",
+                   help="the moment of a window its score describes: its centre (default), its end (its last "
+                        "--hop-frames frames: no look-ahead, so live events open about half a window sooner), or "
+                        "a share of the window from 0 to 1; the model file keeps it")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--scenes-per-epoch", type=int, default=500)
     p.add_argument("--clips-per-epoch", type=int, default=0,
@@ -204,7 +208,7 @@ def _cmd_detect(args) -> int:
 
 def _frames_scores(path: Path, classes) -> tuple[dict, dict]:
     """Window scores from ``streamtag tag --frames`` JSON Lines as sed_scores_eval spans:
-    each window's score describes its centre +- half the distance to its neighbours."""
+    each window's score describes its moment ``at`` +- half the distance to its neighbours."""
     import numpy as np
 
     rows: dict[str, list] = {}
@@ -213,8 +217,8 @@ def _frames_scores(path: Path, classes) -> tuple[dict, dict]:
             for line in f:
                 obj = json.loads(line)
                 if obj.get("type") == "window":
-                    rows.setdefault(Path(obj["source"]).name, []).append(
-                        ((obj["start"] + obj["end"]) / 2, [obj["scores"][c] for c in classes]))
+                    at = obj.get("at", (obj["start"] + obj["end"]) / 2)  # output from before "at": the centre
+                    rows.setdefault(Path(obj["source"]).name, []).append((at, [obj["scores"][c] for c in classes]))
     except (OSError, ValueError, KeyError) as exc:
         _fail(f"{path}: not streamtag tag --frames output ({exc})")
     scores, durations = {}, {}
@@ -271,6 +275,7 @@ def _cmd_strong(args) -> int:
         _fail(f"{', '.join(counts)} must be 0 or more, and not all 0; got {', '.join(map(str, counts.values()))}")
     if args.background != "brown" and not args.backgrounds:
         _fail(f"--background {args.background} needs --backgrounds (an ESC-10 or ESC-50 folder)")
+    describe_at = _describe_at(args.describe_at, args.window, args.hop_frames)
     dataset = read_dataset(args.dataset, args.data)
     if args.test_fold is not None and args.test_fold not in dataset.folds:
         _fail(f"fold {args.test_fold} not present ({dataset.summary()})")
@@ -300,8 +305,8 @@ def _cmd_strong(args) -> int:
     recipe = Recipe(lr=args.lr, epochs=args.epochs, schedule=args.schedule, dense=args.dense, dropout=args.dropout,
                     head="multilabel")
     scenes = Scenes(per_epoch=args.scenes_per_epoch, val_scenes=args.val_scenes, recipe=recipe_scenes,
-                    describe=args.hop_frames, pretrain_epochs=args.pretrain_epochs, singles=args.clips_per_epoch,
-                    pairs=args.overlays_per_epoch, backgrounds=args.backgrounds,
+                    describe=args.hop_frames, describe_at=describe_at, pretrain_epochs=args.pretrain_epochs,
+                    singles=args.clips_per_epoch, pairs=args.overlays_per_epoch, backgrounds=args.backgrounds,
                     background_folds=args.background_folds)
     total = args.epochs + args.pretrain_epochs
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
@@ -328,10 +333,30 @@ def _cmd_strong(args) -> int:
                   "val_window_map": [round(r["val_map"], 4) for r in trained.history if "val_map" in r]}
     console.print("tuning thresholds and decoding on the validation scenes")
     val = export_tuned(trained.net, args.export, feats, WINDOWS[args.window][0], args.hop_frames, provenance,
-                       trained.val_scenes, trained.val_reference, trained.val_ids)
+                       trained.val_scenes, trained.val_reference, trained.val_ids, describe_at)
     console.print(f"validation scenes: segment F1 {val['segment_f1']:.3f} ER {val['segment_er']:.3f}, event F1 "
                   f"{val['event_f1']:.3f} ER {val['event_er']:.3f} -> {args.export}")
     return 0
+
+
+def _describe_at(text: str, window: str, describe: int) -> float:
+    """--describe-at as a share of the window: centre 0.5, end its last ``describe`` frames."""
+    from streamtag.features import FeatureSpec
+    from train.data.segments import WINDOWS
+    from train.fit.strong import end_share
+
+    if text == "centre":
+        return 0.5
+    if text == "end":
+        spec = FeatureSpec()  # the frames the training commands cut windows from
+        return end_share(WINDOWS[window][0], describe, spec.hop_length, spec.n_fft)
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0 <= share <= 1:
+        _fail(f"--describe-at takes centre, end or a share of the window from 0 to 1, got {text!r}")
+    return share
 
 
 def _cmd_tune(args) -> int:

@@ -42,7 +42,7 @@ MAX_GAPS = (0.0, 0.5)  # seconds, tried by tune_decoding
 class Tagged:
     """One recording through the engine: its events, when each opened (input seconds), and
     the smoothed scores ``(n, C)`` of its windows with the ``n + 1`` boundaries of the spans
-    they describe (each window's centre +- half a hop)."""
+    they describe (the moment each window's score describes +- half a hop)."""
 
     name: str
     duration: float
@@ -69,7 +69,7 @@ def tag_scenes(model, scenes: Iterable[tuple[str, np.ndarray, int]], thresholds=
 
         def on_window(w):
             rows.append(w.smoothed)
-            centres.append((w.start + w.end) / 2)
+            centres.append(w.at)
             last_end[0] = w.end
 
         def on_event(kind, event):

@@ -9,10 +9,12 @@ frames (from a random first frame). The study's other kinds of example can join
 an epoch through the same mixing path: single clips and two-clip overlays, each
 rendered as a short scene of its own. A window's targets are the classes whose
 annotated events overlap the part of the window its score is meant to describe:
-the ``describe`` frames' span around the window's centre, the time the engine
-attributes a window's score to. So a score says what sounds *now*, at the
-window's centre, rather than anywhere in 2.35 s, which is what lets events open
-and close where the sounds are. Binary cross-entropy, the same
+the ``describe`` frames' span around one moment of the window, the time the
+engine attributes a window's score to: its centre by default, or its end (a
+score with no look-ahead, for the live event to open sooner), or anywhere
+between (``describe_at``, stored in the model file). So a score says what sounds
+*now*, at that moment, rather than anywhere in 2.35 s, which is what lets events
+open and close where the sounds are. Binary cross-entropy, the same
 network, optionally pretrained on single clips (:func:`train.crossval.fit`).
 
 Validation scenes come from clips held out of the training folds by source
@@ -49,12 +51,14 @@ class Scenes:
     """The scene stage's data: ``per_epoch`` new scenes each epoch (and, to mix the study's
     kinds of example into one training, ``singles`` single clips and ``pairs`` two-clip
     overlays, rendered as short scenes), ``val_scenes`` fixed validation scenes, targets for
-    the ``describe`` frames at each window's centre."""
+    the ``describe`` frames around the moment ``describe_at`` of each window (a share of
+    it: 0.5 its centre; :func:`end_share` its last frames)."""
 
     per_epoch: int = 300
     val_scenes: int = 60
     recipe: SceneRecipe = SceneRecipe()
-    describe: int = 4  # frames (93 ms): the part of a window its score describes, centred
+    describe: int = 4  # frames (93 ms): the part of a window its score describes...
+    describe_at: float = 0.5  # ... centred this far into the window (0.5: its centre)
     pretrain_epochs: int = 0
     singles: int = 0  # single clips mixed into each epoch (each a short scene of its own)
     pairs: int = 0  # two-clip overlays mixed into each epoch (short scenes too)
@@ -62,13 +66,20 @@ class Scenes:
     background_folds: list[int] | None = None  # its folds the backgrounds come from (default: all)
 
 
+def end_share(length: int, describe: int, hop: int, n_fft: int) -> float:
+    """The ``describe_at`` of a score that describes a window's last ``describe`` frames:
+    no look-ahead past them."""
+    span = (length - 1) * hop + n_fft
+    return 1 - describe * hop / 2 / span
+
+
 def window_targets(scene: Soundscape, starts: np.ndarray, length: int, describe: int, hop: int, n_fft: int,
-                   n_classes: int) -> np.ndarray:
+                   n_classes: int, at: float = 0.5) -> np.ndarray:
     """``(len(starts), n_classes)`` float32: 1 where an event of the class overlaps the
-    ``describe``-frame span (``describe * hop`` samples) centred on the window's centre."""
-    first = starts * hop
-    centre = first + ((length - 1) * hop + n_fft) / 2
-    lo, hi = centre - describe * hop / 2, centre + describe * hop / 2
+    ``describe``-frame span (``describe * hop`` samples) centred ``at`` (a share) into the
+    window: where the engine places the window's score (``Engine.score_at``)."""
+    moment = starts * hop + at * ((length - 1) * hop + n_fft)
+    lo, hi = moment - describe * hop / 2, moment + describe * hop / 2
     targets = np.zeros((len(starts), n_classes), np.float32)
     for (start, stop), label in zip(scene.spans, scene.labels):
         targets[:, label] = np.maximum(targets[:, label], (start < hi) & (stop > lo))
@@ -141,9 +152,9 @@ class SceneSource:
     with strong targets, shuffled."""
 
     def __init__(self, maker: SceneMaker, n: int, length: int, stride: int, describe: int, augment: Augment,
-                 batch_size: int = 128, singles: int = 0, pairs: int = 0):
+                 batch_size: int = 128, singles: int = 0, pairs: int = 0, describe_at: float = 0.5):
         self.maker, self.n, self.singles, self.pairs = maker, n, singles, pairs
-        self.length, self.stride, self.describe = length, stride, describe
+        self.length, self.stride, self.describe, self.describe_at = length, stride, describe, describe_at
         self.augment, self.batch_size = augment, batch_size
 
     def epoch(self, rng: np.random.Generator):
@@ -166,7 +177,7 @@ class SceneSource:
             starts = np.arange(first, len(frames) - self.length + 1, self.stride)
             windows.append(gather(frames, starts, self.length))
             targets.append(window_targets(scene, starts, self.length, self.describe, spec.hop_length, spec.n_fft,
-                                          n_classes))
+                                          n_classes, self.describe_at))
         yield from shuffled_batches(windows, targets, self.batch_size, rng)
 
 
@@ -190,7 +201,7 @@ def render_set(maker: SceneMaker, n: int, seed, prefix: str) -> tuple[list, dict
 
 
 def window_map(net, scenes: list, reference: dict, classes: list[str], length: int, describe: int, spec,
-               device: str = "cpu") -> float:
+               device: str = "cpu", at: float = 0.5) -> float:
     """Mean average precision of window scores against their strong targets, on fixed scenes:
     the validation curve (cheap; the DCASE metrics are for the end)."""
     from train.evaluate.clips import predict
@@ -205,7 +216,7 @@ def window_map(net, scenes: list, reference: dict, classes: list[str], length: i
         spans = [(round(a.onset * spec.sample_rate), round(a.offset * spec.sample_rate)) for a in reference[name]]
         scene = Soundscape(audio, audio, np.zeros((0, len(audio)), np.float32),
                            [classes.index(a.label) for a in reference[name]], spans, 1.0)
-        truth.append(window_targets(scene, starts, length, describe, spec.hop_length, spec.n_fft, len(classes)))
+        truth.append(window_targets(scene, starts, length, describe, spec.hop_length, spec.n_fft, len(classes), at))
     return float(np.nanmean(average_precision(np.concatenate(probs), np.concatenate(truth))))
 
 
@@ -241,12 +252,12 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
 
     def after_epoch(row: dict) -> None:
         row.update(stage="scenes", val_map=window_map(net, val_scenes, val_reference, classes, length,
-                                                      scenes.describe, feats.spec, device))
+                                                      scenes.describe, feats.spec, device, scenes.describe_at))
         net.train()
         note(row)
 
     source = SceneSource(SceneMaker(feats, fit_ids, scenes.recipe, backgrounds), scenes.per_epoch, length, stride,
-                         scenes.describe, augment, recipe.batch_size, scenes.singles, scenes.pairs)
+                         scenes.describe, augment, recipe.batch_size, scenes.singles, scenes.pairs, scenes.describe_at)
     history += train(net, source, multilabel, np.random.default_rng([seed, 1]), device, augment.specaugment,
                      None, after_epoch)
     net.eval()
@@ -267,7 +278,7 @@ def clip_accuracy(model, feats: DatasetFeatures, clip_ids) -> float:
 
 
 def export_tuned(net: torch.nn.Module, path: Path, feats: DatasetFeatures, window_frames: int, hop_frames: int,
-                 provenance: dict, val_scenes: list, val_reference: dict, val_ids) -> dict:
+                 provenance: dict, val_scenes: list, val_reference: dict, val_ids, score_at: float = 0.5) -> dict:
     """Save ``net``, tune its thresholds and decoding on the validation scenes through the
     engine (the model file as ``streamtag tag`` loads it), measure its clip accuracy on the
     validation clips, and save it again with all that. Returns the validation metrics."""
@@ -278,14 +289,15 @@ def export_tuned(net: torch.nn.Module, path: Path, feats: DatasetFeatures, windo
     net = net.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         draft = save_model(Path(tmp) / "draft.pt", net, classes=classes, spec=feats.spec,
-                           window_frames=window_frames, hop_frames=hop_frames, provenance=provenance)
+                           window_frames=window_frames, hop_frames=hop_frames, provenance=provenance,
+                           score_at=score_at)
         model = load_model(draft, device="cpu")
         thresholds, decoding, metrics = tune_decoding(model, val_scenes, val_reference)
         accuracy = clip_accuracy(model, feats, val_ids)
     provenance = {**provenance, "val_detection": {k: v for k, v in metrics.items() if k != "classes"},
                   "metrics": {"val_single_accuracy": accuracy}}
     save_model(path, net, classes=classes, spec=feats.spec, window_frames=window_frames, hop_frames=hop_frames,
-               thresholds=thresholds, provenance=provenance, decoding=decoding)
+               thresholds=thresholds, provenance=provenance, decoding=decoding, score_at=score_at)
     return metrics
 
 
@@ -312,4 +324,4 @@ def retune(model_path: Path, feats: DatasetFeatures, path: Path) -> dict:
     net = load_network(model_path)
     kept = {k: v for k, v in prov.items() if k not in ("val_detection", "metrics", "saved_at")}
     return export_tuned(net, path, feats, meta["window_frames"], meta["hop_frames"], kept, val_scenes,
-                        val_reference, val_ids)
+                        val_reference, val_ids, meta.get("score_at", 0.5))
