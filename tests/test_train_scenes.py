@@ -106,6 +106,61 @@ def test_window_targets_follow_the_annotations():
     assert not np.array_equal(end[:, 1], expected)
 
 
+def test_edge_weights_weigh_the_windows_near_an_events_onset_and_offset():
+    from train.data.scenes import Soundscape
+    from train.fit.strong import EDGE, edge_weights
+
+    spec = FeatureSpec()
+    hop, n_fft, sr = spec.hop_length, spec.n_fft, spec.sample_rate
+    onset, offset = 30 * hop, 80 * hop  # one event of class 1
+    scene = Soundscape(np.zeros(1), np.zeros(1), np.zeros((1, 1)), [1], [(onset, offset)], 1.0)
+    starts = np.arange(0, 120)
+    w = edge_weights(scene, starts, 5, hop, n_fft, 3, 0.5, 4.0, sr)
+    moment = starts * hop + (4 * hop + n_fft) / 2
+    near = (np.abs(moment - onset) <= EDGE * sr) | (np.abs(moment - offset) <= EDGE * sr)
+    np.testing.assert_array_equal(w[:, 1], np.where(near, 4.0, 1.0))
+    assert near.any() and not near.all() and (w[:, [0, 2]] == 1).all()
+    # windows well inside the event, and well outside it, keep weight 1
+    assert w[np.argmin(np.abs(moment - (onset + offset) / 2)), 1] == 1 and w[-1, 1] == 1
+
+
+def test_loss_weights_reach_the_loss():
+    import torch
+
+    from streamtag.model import PiczakCNN
+    from train.fit.loop import Recipe, loss_fn, train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 2, 60, 41)).astype(np.float32)
+    y = (rng.random((8, 3)) < 0.5).astype(np.float32)
+
+    class Source:
+        def __init__(self, w):
+            self.w = w
+
+        def epoch(self, rng):
+            yield (x, y) if self.w is None else (x, y, np.full_like(y, self.w))
+
+    def trained(w):
+        torch.manual_seed(0)
+        net = PiczakCNN(3, dense=16)
+        history = train(net, Source(w), Recipe(epochs=1, dense=16, head="multilabel"), np.random.default_rng(0))
+        return net, history[0]["loss"]
+
+    plain, loss = trained(None)
+    ones, loss_ones = trained(1.0)
+    assert loss_ones == loss and all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                                          ones.state_dict().values()))
+    doubled, loss_doubled = trained(2.0)
+    assert loss_doubled == pytest.approx(2 * loss)
+    torch.manual_seed(0)
+    untouched = PiczakCNN(3, dense=16)
+    zero, loss_zero = trained(0.0)  # no weight, no gradient: Adam leaves every weight where it was
+    assert loss_zero == 0 and all(torch.equal(a, b) for a, b in zip(zero.parameters(), untouched.parameters()))
+    with pytest.raises(ValueError, match="multilabel"):  # a single-label head has no per-target weights
+        loss_fn("single")(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
+
+
 HAND_REF = {"a.wav": [Annotation(1.0, 3.0, "dog")], "b.wav": [Annotation(2.0, 4.0, "siren")]}
 HAND_EST = {"a.wav": [Event("dog", 0, 1.1, 3.1, 0.9), Event("siren", 1, 5.0, 6.0, 0.8)], "b.wav": []}
 
@@ -123,6 +178,14 @@ def test_metrics_match_a_hand_made_case():
     # events: dog matched (onset 0.1 s off, offset 0.1 s off), siren in a inserted, siren in b deleted
     assert m["event_f1"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1)) and m["event_er"] == pytest.approx(1.0)
     assert m["classes"]["dog"]["event_f1"] == pytest.approx(1.0) and m["classes"]["siren"]["event_f1"] == 0.0
+    assert m["onset_f1"] == pytest.approx(0.5) and m["offset_f1"] == pytest.approx(0.5)
+    # dog: onset 0.5 s late (outside its 200 ms collar), offset 0.3 s late (inside 20 % of 2 s): only its onset fails;
+    # siren: onset 0.1 s late, offset 1 s early (outside 0.4 s): only its offset fails
+    late = score(HAND_REF, {"a.wav": [Event("dog", 0, 1.5, 3.3, 0.9)], "b.wav": [Event("siren", 1, 2.1, 3.0, 0.9)]},
+                 ["dog", "siren"])
+    assert late["event_f1"] == 0.0
+    assert late["onset_f1"] == pytest.approx(0.5) and late["offset_f1"] == pytest.approx(0.5)
+    assert late["classes"]["dog"]["event_f1"] == 0.0
 
 
 def test_score_command_agrees_with_sed_eval(tmp_path):
@@ -191,7 +254,8 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     torch.set_num_threads(1)
     feats = load_features(read_us8k(tones), FeatureSpec(), tmp_path / "cache", quiet=True)
     at = end_share(41, 4, feats.spec.hop_length, feats.spec.n_fft)  # scores that describe the windows' ends
-    scenes = Scenes(per_epoch=6, val_scenes=3, recipe=SceneRecipe(duration=4.0, events=(1, 3)), describe_at=at)
+    scenes = Scenes(per_epoch=6, val_scenes=3, recipe=SceneRecipe(duration=4.0, events=(1, 3)), describe_at=at,
+                    edge_weight=3.0)
     trained = train_strong(feats, np.arange(len(feats.dataset.clips)), "short", Recipe(epochs=2, dense=32),
                            scenes, Augment(shift=True), seed=0, val_fraction=0.3)
     assert [r["stage"] for r in trained.history] == ["scenes", "scenes"]
@@ -369,6 +433,11 @@ def test_training_scenes_sound_over_ambient_backgrounds_and_take_clips_and_overl
     (x, y), = list(source.epoch(np.random.default_rng(1)))
     assert x.shape[0] == y.shape[0] > 0 and x.shape[1:] == (2, 60, 41)
     assert y.sum(axis=1).max() == 2 and (y.sum(axis=1) == 1).any()
+    # with an edge weight, each batch carries its loss weights: heavier only at a class's onsets and offsets
+    source = SceneSource(maker, 3, 41, 4, 4, Augment(), batch_size=10_000, edge_weight=5.0)
+    (x, y, w), = list(source.epoch(np.random.default_rng(1)))
+    assert w.shape == y.shape and set(np.unique(w)) == {1.0, 5.0}
+    assert 0 < (w == 5).mean() < 0.5
 
 
 def test_strong_refuses_bad_counts_and_options_in_one_line(tmp_path):
@@ -377,7 +446,9 @@ def test_strong_refuses_bad_counts_and_options_in_one_line(tmp_path):
                            (["--augment", "mix"], "a scene mixes its own"),
                            (["--background", "both"], "needs --backgrounds"),
                            (["--describe-at", "late"], "--describe-at takes centre, end or a share"),
-                           (["--describe-at", "1.5"], "--describe-at takes centre, end or a share")):
+                           (["--describe-at", "1.5"], "--describe-at takes centre, end or a share"),
+                           (["--edge-weight", "0"], "--edge-weight must be a positive number"),
+                           (["--edge-weight", "nan"], "--edge-weight must be a positive number")):
         done = subprocess.run([sys.executable, "-m", "train", "strong", str(tmp_path), "--dataset", "us8k",
                                "--test-fold", "1", "--export", str(tmp_path / "m.pt"), *extra],
                               capture_output=True, text=True, cwd=REPO, timeout=120)

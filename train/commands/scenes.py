@@ -77,6 +77,9 @@ def add_commands(sub, common) -> None:
                    help="the moment of a window its score describes: its centre (default), its end (its last "
                         "--hop-frames frames: no look-ahead, so live events open about half a window sooner), or "
                         "a share of the window from 0 to 1; the model file keeps it")
+    p.add_argument("--edge-weight", type=float, default=1.0,
+                   help="weight of the loss for a class in a window whose moment is within 0.2 s of one of its "
+                        "events' onsets or offsets (default 1: no weighting)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--scenes-per-epoch", type=int, default=500)
     p.add_argument("--clips-per-epoch", type=int, default=0,
@@ -195,8 +198,10 @@ def _cmd_detect(args) -> int:
         if args.clips:
             rows[name]["clip_accuracy"] = _clip_accuracy(model, args.clips, args.fold)
             print(f"{name}: clip accuracy on fold {args.fold} {100 * rows[name]['clip_accuracy']:.1f}%")
-        print(f"{name}: segment F1 {rows[name]['segment_f1']:.3f} ER {rows[name]['segment_er']:.3f}, "
-              f"event F1 {rows[name]['event_f1']:.3f} ER {rows[name]['event_er']:.3f}, PSDS {rows[name]['psds']:.3f}")
+        m = rows[name]
+        print(f"{name}: segment F1 {m['segment_f1']:.3f} ER {m['segment_er']:.3f}, event F1 {m['event_f1']:.3f} "
+              f"ER {m['event_er']:.3f} (onsets alone {m['onset_f1']:.3f}, offsets alone {m['offset_f1']:.3f}), "
+              f"PSDS {m['psds']:.3f}")
     write(args.out, rows, args.title, args.note or f"{len(scenes)} scenes of fold {args.fold} ({args.scenes}); "
                                                    f"command: `{_command()}`")
     names = [s[0] for s in scenes[:4]]
@@ -246,7 +251,8 @@ def _cmd_score(args) -> int:
             _fail(f"{args.frames} has no window scores for {len(missing)} reference file(s), e.g. {missing[0]}")
     metrics = score(reference, estimated, classes, durations, scores)
     print(f"segment F1 {metrics['segment_f1']:.3f} ER {metrics['segment_er']:.3f}; event F1 "
-          f"{metrics['event_f1']:.3f} ER {metrics['event_er']:.3f}"
+          f"{metrics['event_f1']:.3f} ER {metrics['event_er']:.3f} (onsets alone {metrics['onset_f1']:.3f}, "
+          f"offsets alone {metrics['offset_f1']:.3f})"
           + (f"; PSDS {metrics['psds']:.3f}" if "psds" in metrics else "")
           + f" ({metrics['files']} files, {metrics['reference_events']} reference events)")
     for c, m in metrics["classes"].items():
@@ -276,6 +282,8 @@ def _cmd_strong(args) -> int:
     if args.background != "brown" and not args.backgrounds:
         _fail(f"--background {args.background} needs --backgrounds (an ESC-10 or ESC-50 folder)")
     describe_at = _describe_at(args.describe_at, args.window, args.hop_frames)
+    if not args.edge_weight > 0 or args.edge_weight == float("inf"):
+        _fail(f"--edge-weight must be a positive number, got {args.edge_weight:g}")
     dataset = read_dataset(args.dataset, args.data)
     if args.test_fold is not None and args.test_fold not in dataset.folds:
         _fail(f"fold {args.test_fold} not present ({dataset.summary()})")
@@ -307,7 +315,7 @@ def _cmd_strong(args) -> int:
     scenes = Scenes(per_epoch=args.scenes_per_epoch, val_scenes=args.val_scenes, recipe=recipe_scenes,
                     describe=args.hop_frames, describe_at=describe_at, pretrain_epochs=args.pretrain_epochs,
                     singles=args.clips_per_epoch, pairs=args.overlays_per_epoch, backgrounds=args.backgrounds,
-                    background_folds=args.background_folds)
+                    background_folds=args.background_folds, edge_weight=args.edge_weight)
     total = args.epochs + args.pretrain_epochs
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeRemainingColumn(), console=console) as progress:

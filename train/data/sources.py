@@ -20,7 +20,7 @@ from train.data.augment import Augment, add_background, between_class_mix, chang
 from train.data.cache import DatasetFeatures, clip_features
 from train.data.segments import SILENCE_DB, gather, segments_of, window_starts
 
-Batch = tuple[np.ndarray, np.ndarray]
+Batch = tuple[np.ndarray, ...]  # (windows, targets) or (windows, targets, loss weights)
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -28,13 +28,15 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def shuffled_batches(windows: list[np.ndarray], targets: list[np.ndarray], batch_size: int,
-                     rng: np.random.Generator) -> Iterator[Batch]:
-    """An epoch's examples, rendered in parts, as batches in a random order."""
+                     rng: np.random.Generator, weights: list[np.ndarray] | None = None) -> Iterator[Batch]:
+    """An epoch's examples, rendered in parts, as batches in a random order; with ``weights``
+    (one per target), each batch carries its loss weights third."""
     windows, targets = np.concatenate(windows), np.concatenate(targets)
+    weights = np.concatenate(weights) if weights is not None else None
     order = rng.permutation(len(windows))
     for lo in range(0, len(order), batch_size):
         idx = order[lo:lo + batch_size]
-        yield windows[idx], targets[idx]
+        yield (windows[idx], targets[idx]) if weights is None else (windows[idx], targets[idx], weights[idx])
 
 
 class SegmentSource:

@@ -7,7 +7,9 @@
 * :func:`score` computes the DCASE metrics with the field's own tools:
   ``sed_eval``'s segment-based F1 and error rate on 1-s segments and its
   event-based F1 and error rate (onsets within 200 ms, offsets within 200 ms
-  or 20 % of the event's length), micro-averaged and per class; and, from
+  or 20 % of the event's length), micro-averaged and per class, and the same
+  event F1 judged on onsets alone and on offsets alone (which edge costs the
+  matches); and, from
   scores rather than decisions, ``sed_scores_eval``'s PSDS (the DCASE 2021-2023
   first scenario: intersection criteria 0.7, no cross-trigger cost, variance
   weight 1, up to 100 false positives an hour).
@@ -110,17 +112,17 @@ def score(reference: dict[str, list[Annotation]], estimated: dict[str, list], cl
     seen = {a.label for v in reference.values() for a in v} | {e.label for v in estimated.values() for e in v}
     classes = scored + sorted(seen - set(scored))  # labels the model lacks count too (as misses)
     segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=classes, time_resolution=SEGMENT)
-    event = sed_eval.sound_event.EventBasedMetrics(event_label_list=classes, t_collar=COLLAR,
-                                                   percentage_of_length=OFFSET_SHARE, evaluate_onset=True,
-                                                   evaluate_offset=True)
+    event, onsets, offsets = (sed_eval.sound_event.EventBasedMetrics(
+        event_label_list=classes, t_collar=COLLAR, percentage_of_length=OFFSET_SHARE, evaluate_onset=onset,
+        evaluate_offset=offset) for onset, offset in ((True, True), (True, False), (False, True)))
     for name, ref in reference.items():
         ref_list = dcase_util.containers.MetaDataContainer(_event_list(name, ref))
         est_list = dcase_util.containers.MetaDataContainer(_event_list(name, estimated.get(name, [])))
-        segment.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
-        event.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
+        for metrics in (segment, event, onsets, offsets):
+            metrics.evaluate(reference_event_list=ref_list, estimated_event_list=est_list)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # sed_eval's class-wise means over classes with no event
-        seg, ev = segment.results(), event.results()
+        seg, ev, on, off = segment.results(), event.results(), onsets.results(), offsets.results()
     out = {"files": len(reference), "reference_events": sum(len(v) for v in reference.values()),
            "estimated_events": sum(len(estimated.get(n, [])) for n in reference),
            "segment_f1": seg["overall"]["f_measure"]["f_measure"],
@@ -129,6 +131,8 @@ def score(reference: dict[str, list[Annotation]], estimated: dict[str, list], cl
            "segment_er": seg["overall"]["error_rate"]["error_rate"],
            "event_f1": ev["overall"]["f_measure"]["f_measure"],
            "event_er": ev["overall"]["error_rate"]["error_rate"],
+           "onset_f1": on["overall"]["f_measure"]["f_measure"],
+           "offset_f1": off["overall"]["f_measure"]["f_measure"],
            "classes": {c: {"segment_f1": seg["class_wise"][c]["f_measure"]["f_measure"],
                            "segment_er": seg["class_wise"][c]["error_rate"]["error_rate"],
                            "event_f1": ev["class_wise"][c]["f_measure"]["f_measure"],

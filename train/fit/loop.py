@@ -45,10 +45,17 @@ class Recipe:
     head: str = "single"  # softmax over classes; "multilabel" trains sigmoids with BCE
 
 
-def loss_fn(head: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_fn(head: str) -> Callable[..., torch.Tensor]:
+    """``loss(logits, targets, weights=None)``: binary cross-entropy for a multilabel head
+    (``weights`` per target, as a batch may carry them), cross-entropy for one label."""
     if head == "multilabel":
-        return F.binary_cross_entropy_with_logits
-    return lambda logits, target: -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        return lambda logits, target, weight=None: F.binary_cross_entropy_with_logits(logits, target, weight)
+
+    def cross_entropy(logits, target, weight=None):
+        if weight is not None:
+            raise ValueError("loss weights are for the multilabel head")
+        return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return cross_entropy
 
 
 def make_optimizer(net: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -83,16 +90,18 @@ def train(net, source, recipe: Recipe, rng: np.random.Generator, device: str = "
                     group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / recipe.epochs))
             t0 = time.perf_counter()
             total, count = 0.0, 0
-            for x, y in source.epoch(rng):
+            for x, y, *w in source.epoch(rng):  # w: the batch's loss weights, where a source gives them
                 if len(x) < 2:  # batch norm needs two examples
                     continue
                 x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                w = torch.from_numpy(w[0]).to(device) if w else None
                 if specaugment:  # on the whole batch: torch's generator moves on as in one process
                     x = spec_augment(x, net.feature_mean)
                 if shard is not None:
                     x, y = x[shard.rows(len(x))], y[shard.part]
+                    w = w[shard.part] if w is not None else None
                 logits = model(x)
-                loss = criterion(logits, y) if len(x) else logits.sum()  # an empty shard still joins the all-reduces
+                loss = criterion(logits, y, w) if len(x) else logits.sum()  # an empty shard still joins the all-reduces
                 opt.zero_grad(set_to_none=True)
                 (loss * shard.weight(len(x)) if shard is not None else loss).backward()
                 opt.step()

@@ -15,7 +15,10 @@ score with no look-ahead, for the live event to open sooner), or anywhere
 between (``describe_at``, stored in the model file). So a score says what sounds
 *now*, at that moment, rather than anywhere in 2.35 s, which is what lets events
 open and close where the sounds are. Binary cross-entropy, the same
-network, optionally pretrained on single clips (:func:`train.crossval.fit`).
+network, optionally pretrained on single clips (:func:`train.crossval.fit`);
+optionally weighted up where an event starts or ends near the moment a window
+describes (``edge_weight``, after the onset and offset weighted loss of the
+SED literature), as those windows place an event's edges.
 
 Validation scenes come from clips held out of the training folds by source
 recording; after training, the last epoch's network is kept (a fixed
@@ -64,6 +67,7 @@ class Scenes:
     pairs: int = 0  # two-clip overlays mixed into each epoch (short scenes too)
     backgrounds: str | None = None  # ESC-10 folder (as the user typed it) for the recipe's ambient backgrounds
     background_folds: list[int] | None = None  # its folds the backgrounds come from (default: all)
+    edge_weight: float = 1.0  # loss weight of a class in a window whose moment is within EDGE s of its onset or offset
 
 
 def end_share(length: int, describe: int, hop: int, n_fft: int) -> float:
@@ -84,6 +88,23 @@ def window_targets(scene: Soundscape, starts: np.ndarray, length: int, describe:
     for (start, stop), label in zip(scene.spans, scene.labels):
         targets[:, label] = np.maximum(targets[:, label], (start < hi) & (stop > lo))
     return targets
+
+
+EDGE = 0.2  # seconds: how near an onset or offset a window's moment is to weigh as an edge (the metrics' collar)
+
+
+def edge_weights(scene: Soundscape, starts: np.ndarray, length: int, hop: int, n_fft: int, n_classes: int,
+                 at: float, weight: float, sample_rate: int) -> np.ndarray:
+    """``(len(starts), n_classes)`` float32 loss weights: ``weight`` for a class in a window
+    whose moment (``at`` into it, as :func:`window_targets`) is within :data:`EDGE` seconds of an
+    onset or offset of an event of that class, 1 elsewhere."""
+    moment = starts * hop + at * ((length - 1) * hop + n_fft)
+    near = EDGE * sample_rate
+    weights = np.ones((len(starts), n_classes), np.float32)
+    for (start, stop), label in zip(scene.spans, scene.labels):
+        edge = (np.abs(moment - start) <= near) | (np.abs(moment - stop) <= near)
+        weights[edge, label] = weight
+    return weights
 
 
 def ambient(scenes: Scenes, sample_rate: int) -> list[list[np.ndarray]]:
@@ -152,15 +173,16 @@ class SceneSource:
     with strong targets, shuffled."""
 
     def __init__(self, maker: SceneMaker, n: int, length: int, stride: int, describe: int, augment: Augment,
-                 batch_size: int = 128, singles: int = 0, pairs: int = 0, describe_at: float = 0.5):
+                 batch_size: int = 128, singles: int = 0, pairs: int = 0, describe_at: float = 0.5,
+                 edge_weight: float = 1.0):
         self.maker, self.n, self.singles, self.pairs = maker, n, singles, pairs
         self.length, self.stride, self.describe, self.describe_at = length, stride, describe, describe_at
-        self.augment, self.batch_size = augment, batch_size
+        self.augment, self.batch_size, self.edge_weight = augment, batch_size, edge_weight
 
     def epoch(self, rng: np.random.Generator):
         spec = self.maker.feats.spec
         n_classes = len(self.maker.feats.dataset.classes)
-        windows, targets = [], []
+        windows, targets, weights = [], [], []
         shortest = (self.length - 1) * spec.hop_length + spec.n_fft  # a single clip or a pair makes one window at least
         examples = (self.maker.make(self.n, rng) + self.maker.make(self.singles, rng, "singles", shortest)
                     + self.maker.make(self.pairs, rng, "pairs", shortest))
@@ -178,7 +200,10 @@ class SceneSource:
             windows.append(gather(frames, starts, self.length))
             targets.append(window_targets(scene, starts, self.length, self.describe, spec.hop_length, spec.n_fft,
                                           n_classes, self.describe_at))
-        yield from shuffled_batches(windows, targets, self.batch_size, rng)
+            if self.edge_weight != 1:
+                weights.append(edge_weights(scene, starts, self.length, spec.hop_length, spec.n_fft, n_classes,
+                                            self.describe_at, self.edge_weight, spec.sample_rate))
+        yield from shuffled_batches(windows, targets, self.batch_size, rng, weights or None)
 
 
 @dataclasses.dataclass
@@ -257,7 +282,8 @@ def train_strong(feats: DatasetFeatures, train_ids, window: str, recipe: Recipe,
         note(row)
 
     source = SceneSource(SceneMaker(feats, fit_ids, scenes.recipe, backgrounds), scenes.per_epoch, length, stride,
-                         scenes.describe, augment, recipe.batch_size, scenes.singles, scenes.pairs, scenes.describe_at)
+                         scenes.describe, augment, recipe.batch_size, scenes.singles, scenes.pairs, scenes.describe_at,
+                         scenes.edge_weight)
     history += train(net, source, multilabel, np.random.default_rng([seed, 1]), device, augment.specaugment,
                      None, after_epoch)
     net.eval()

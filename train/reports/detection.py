@@ -29,19 +29,20 @@ def markdown(rows: dict[str, dict], title: str, note: str = "") -> str:
     lines = [f"# {title}", ""]
     if note:
         lines += [note, ""]
-    lines += ["| model / recipe | segment F1 | segment ER | event F1 | event ER | PSDS | detected | delay median (s) "
-              "| delay p90 (s) | clip accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model / recipe | segment F1 | segment ER | event F1 | event ER | onset F1 | offset F1 | PSDS "
+              "| detected | delay median (s) | delay p90 (s) | clip accuracy |", "|---" * 12 + "|"]
     for name, m in rows.items():
         d = m.get("delay") or {}
         lines.append(f"| {name} | {_f(m['segment_f1'])} | {_f(m['segment_er'])} | {_f(m['event_f1'])} | "
-                     f"{_f(m['event_er'])} | {_f(m.get('psds'))} | {_f(d.get('detected'), 2)} | "
+                     f"{_f(m['event_er'])} | {_f(m.get('onset_f1'))} | {_f(m.get('offset_f1'))} | "
+                     f"{_f(m.get('psds'))} | {_f(d.get('detected'), 2)} | "
                      f"{_f(d.get('median'), 2)} | {_f(d.get('p90'), 2)} | {_f(m.get('clip_accuracy'))} |")
     for name, (f1, er) in PAPER.items():
-        lines.append(f"| {name} (URBAN-SED test set, trained on folds 1-6) | {f1:.3f} | {er:.3f} | – | – | – | – | – "
-                     "| – | – |")
+        lines.append(f"| {name} (URBAN-SED test set, trained on folds 1-6) | {f1:.3f} | {er:.3f} |" + " – |" * 9)
     lines += ["", "Segment metrics on 1-s segments; events with a 200 ms onset collar and offsets within 200 ms or 20 % "
-              "of the event's length (sed_eval); PSDS with intersection criteria 0.7, no cross-trigger cost, "
-              "alpha_st 1, up to 100 false positives an hour (sed_scores_eval). *Detected*: the share of reference "
+              "of the event's length (sed_eval); *onset F1* and *offset F1*: the same event F1 judged on that edge "
+              "alone; PSDS with intersection criteria 0.7, no cross-trigger cost, alpha_st 1, up to 100 false "
+              "positives an hour (sed_scores_eval). *Detected*: the share of reference "
               "events while which an event of their class opened; *delay*: from the reference onset to the end of "
               "the window that opened it, when a live listener is told. *Clip accuracy*: the fold's single "
               "UrbanSound8K clips, top class of the mean window scores."]
