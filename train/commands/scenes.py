@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -282,7 +283,7 @@ def _cmd_strong(args) -> int:
     if args.background != "brown" and not args.backgrounds:
         _fail(f"--background {args.background} needs --backgrounds (an ESC-10 or ESC-50 folder)")
     describe_at = _describe_at(args.describe_at, args.window, args.hop_frames)
-    if not args.edge_weight > 0 or args.edge_weight == float("inf"):
+    if not (math.isfinite(args.edge_weight) and args.edge_weight > 0):
         _fail(f"--edge-weight must be a positive number, got {args.edge_weight:g}")
     dataset = read_dataset(args.dataset, args.data)
     if args.test_fold is not None and args.test_fold not in dataset.folds:

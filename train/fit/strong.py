@@ -77,12 +77,18 @@ def end_share(length: int, describe: int, hop: int, n_fft: int) -> float:
     return 1 - describe * hop / 2 / span
 
 
+def moments(starts: np.ndarray, length: int, hop: int, n_fft: int, at: float) -> np.ndarray:
+    """The sample each window's score describes: ``at`` (a share) into the ``length``-frame
+    windows that start at frames ``starts``, where the engine places it (``Engine.score_at``)."""
+    return starts * hop + at * ((length - 1) * hop + n_fft)
+
+
 def window_targets(scene: Soundscape, starts: np.ndarray, length: int, describe: int, hop: int, n_fft: int,
                    n_classes: int, at: float = 0.5) -> np.ndarray:
     """``(len(starts), n_classes)`` float32: 1 where an event of the class overlaps the
-    ``describe``-frame span (``describe * hop`` samples) centred ``at`` (a share) into the
-    window: where the engine places the window's score (``Engine.score_at``)."""
-    moment = starts * hop + at * ((length - 1) * hop + n_fft)
+    ``describe``-frame span (``describe * hop`` samples) centred on each window's
+    :func:`moments`."""
+    moment = moments(starts, length, hop, n_fft, at)
     lo, hi = moment - describe * hop / 2, moment + describe * hop / 2
     targets = np.zeros((len(starts), n_classes), np.float32)
     for (start, stop), label in zip(scene.spans, scene.labels):
@@ -96,9 +102,9 @@ EDGE = 0.2  # seconds: how near an onset or offset a window's moment is to weigh
 def edge_weights(scene: Soundscape, starts: np.ndarray, length: int, hop: int, n_fft: int, n_classes: int,
                  at: float, weight: float, sample_rate: int) -> np.ndarray:
     """``(len(starts), n_classes)`` float32 loss weights: ``weight`` for a class in a window
-    whose moment (``at`` into it, as :func:`window_targets`) is within :data:`EDGE` seconds of an
-    onset or offset of an event of that class, 1 elsewhere."""
-    moment = starts * hop + at * ((length - 1) * hop + n_fft)
+    whose moment (:func:`moments`) is within :data:`EDGE` seconds of an onset or offset of an
+    event of that class, 1 elsewhere."""
+    moment = moments(starts, length, hop, n_fft, at)
     near = EDGE * sample_rate
     weights = np.ones((len(starts), n_classes), np.float32)
     for (start, stop), label in zip(scene.spans, scene.labels):
