@@ -20,7 +20,9 @@ the gap and starts a new stretch at the position where audio resumes, so times
 after a gap stay exact too. A window's score describes one moment in it, the
 part the network was trained to describe (``model.score_at``: its centre for
 most models, its last frames for one trained without look-ahead); events are
-placed there.
+placed there. At the end of a stretch the smoothing filter's lagging values
+are flushed and the last speaks for the audio after it, so an event sounding
+to the end of a recording lasts to its end.
 
 A caller that has the audio in its own hands (the Python API's streams, a
 server's connections) pushes blocks instead: :meth:`Engine.open`,
@@ -455,6 +457,7 @@ class Engine:
         self._stretch_start = position  # input frame where this stretch begins
         self._model_samples = 0  # model-rate samples pushed in this stretch
         self._stretch_windows = 0
+        self._scored_until = 0.0  # input seconds: the end of the span the latest score speaks for
         self._next_end = self.window_frames - 1  # frame index (in the stretch) the next window ends at
         self._scorer.reset()
         self.frontend.reset()
@@ -551,6 +554,7 @@ class Engine:
             self._last_scores, self._last_smoothed = scores[-1], smoothed[-1]
             changes = self.tracker.update(centres - half_hop, centres + half_hop, smoothed)
         self._stretch_windows += len(scores)
+        self._scored_until = float(centres[-1] + half_hop)
         if self._on_window is None:
             self._windows += len(scores)
             self._emit(change[1:] for change in changes)
@@ -573,7 +577,9 @@ class Engine:
 
     def _end_stretch(self) -> None:
         """The audio of this stretch is complete: flush the resampler, score a
-        clip shorter than one window as if padded with silence, close events."""
+        clip shorter than one window as if padded with silence, flush the
+        smoother and let its last value speak for the rest of the stretch,
+        close events."""
         self.score_pending()
         if self._resampler is not None and self._read_frames > self._stretch_start:
             self._process(np.empty(0, dtype=np.float32), last=True)
@@ -582,8 +588,20 @@ class Engine:
             resampler, self._resampler = self._resampler, None  # the padding is at the model's rate already
             self._process(np.zeros(max(need, 0), dtype=np.float32))
             self._resampler = resampler
+        end = self._read_frames / self._rate if self._rate else 0.0
         with self._lock:
-            changes = self.tracker.close_all()
+            changes = []
+            if self._stretch_windows and end > self._scored_until:
+                # the smoothed scores owed to the last windows' moments (the filter's lag), each over the
+                # windows from its moment on; then, as no window is centred in the stretch's last half window
+                # (0.47 s at 41 frames), the last of them speaks for it: an event still sounding lasts to the
+                # end (soundscapes place many events to end exactly with the recording)
+                values, times = self.smoother.flush()
+                if not len(values):
+                    values, times = self._last_smoothed[None], np.array([self._scored_until])
+                edges = np.concatenate([[self._scored_until], (times[1:] + times[:-1]) / 2, [end]])
+                changes = [change[1:] for change in self.tracker.update(edges[:-1], edges[1:], values)]
+            changes += self.tracker.close_all()
         self._emit(changes)
 
     def _summary(self, wall: float, error: StreamtagError | None, dropped: int, overflows: int) -> Summary:

@@ -154,6 +154,22 @@ class Smoother:
         return smoothed.astype(np.float32), time_total / count
 
 
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        """At the end of a stream, the values the last windows' own moments never got (each value
+        describes the middle of the windows it covers, so the last ``k // 2`` or so are still owed):
+        the mean (median) of the windows the last value covered less its oldest, then less the next,
+        down to the last window alone, with the mean centre of those, float32 ``(m, C)`` and ``(m,)``,
+        ``m <= k - 1``. Then :meth:`reset`."""
+        held = max(min(self._seen, self.k) - 1, 0)  # the last value covered min(seen, k) windows
+        rows, centres = self._scores[len(self._scores) - held:], self._centres[len(self._centres) - held:]
+        reduce = np.median if self.kind == "median" else np.mean
+        values = np.array([reduce(rows[a:], axis=0) for a in range(held)], dtype=np.float32).reshape(
+            held, self.n_classes)
+        times = np.array([centres[a:].mean() for a in range(held)])
+        self.reset()
+        return values, times
+
+
 def _middle(ordered: np.ndarray, count: int) -> np.ndarray:
     """The median of ``count`` values sorted along axis 1."""
     half = count // 2

@@ -295,8 +295,9 @@ class PcmDecoder:
 
     def decode(self, data: bytes) -> np.ndarray | None:
         """The whole frames ``data`` completes; None while a WAV header is incomplete."""
-        data = self._pending + bytes(data)
+        data = bytes(data)
         if self.sample_type is None:
+            data = self._pending + data
             head = io.BytesIO(data)
             try:
                 rate, channels, sample_type, self._left = read_wav_header(head, self.name)
@@ -307,10 +308,11 @@ class PcmDecoder:
                 self._pending = data  # the rest of the header is still to come
                 return None
             self.sample_rate, self.channels, self.sample_type = rate, channels, sample_type
-            data = data[head.tell():]
-        if self._left is not None:
+            data, self._pending = data[head.tell():], b""
+        if self._left is not None:  # counted on the new bytes only: a frame's pending start was counted before
             data = data[:self._left]  # what follows the samples (metadata chunks) is not audio
             self._left -= len(data)
+        data = self._pending + data
         frame = _WIDTH[self.sample_type] * self.channels
         whole = len(data) - len(data) % frame
         self._pending = data[whole:]

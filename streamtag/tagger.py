@@ -148,7 +148,8 @@ class Stream:
         return self._take()
 
     def close(self) -> list[Update]:
-        """End the stream: score what is left and close open events. Raises
+        """End the stream: score what is left, let the last score speak for the rest (an event
+        still sounding lasts to the end; one may open there) and close open events. Raises
         :class:`~streamtag.errors.TruncatedAudioError` if PCM bytes ended inside a frame."""
         if self.summary is None:
             self.summary = self.engine.close()

@@ -185,6 +185,25 @@ def test_a_score_is_placed_at_the_moment_the_model_describes():
                                                                                                 abs=1e-9)
 
 
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_an_event_sounding_at_the_end_lasts_to_the_end_of_the_recording(smooth):
+    """No window is centred in a recording's last half window, so its last score speaks for it: the tone
+    that runs to the end gives an event that ends with the audio, while the score-by-score spans stop
+    half a window short. With a 1-s median, whose values lag half a second, the values it owed the last
+    windows are flushed first, so a tone that stops 0.7 s before the end keeps its own offset."""
+    t = np.arange(4 * SR) / SR
+    quiet = np.random.default_rng(0).standard_normal(len(t)) * 1e-4
+    to_end = (quiet + tone(t, 300, 1.0, 4.5) + tone(t, 6000, 1.5, 2.5)).astype(np.float32)
+    engine = Engine(EnergyModel(), hop_frames=4, smooth=smooth, filter="median", hysteresis=0.0, min_duration=0.1)
+    _, windows, events = run(engine, ArraySource(to_end, SR))
+    found = {e.label: (e.onset, e.offset) for e in events}
+    assert set(found) == {"low", "high"}
+    assert found["low"][1] == 4.0 and windows[-1].at + engine.hop_seconds / 2 < 3.6
+    assert abs(found["high"][1] - 2.5) <= engine.hop_seconds and abs(found["low"][0] - 1.0) <= engine.hop_seconds
+    _, _, events = run(engine, ArraySource((quiet + tone(t, 300, 1.0, 3.3)).astype(np.float32), SR))
+    assert [e.label for e in events] == ["low"] and abs(events[0].offset - 3.3) <= engine.hop_seconds
+
+
 def test_random_model_events_match_the_offline_path(random_model_file):
     from streamtag.modelfile import load_model
 
@@ -205,6 +224,10 @@ def test_random_model_events_match_the_offline_path(random_model_file):
         centre = (start * 512 + (start + 40) * 512 + 1024) / 2 / 22050
         smoothed, c = smoother.push(p[None], [centre])
         expected += [e for _, k, e in tracker.update(c - half, c + half, smoothed) if k == "close"]
+    # the values the filter owed the last windows, the last of them to the end of the recording
+    owed, times = smoother.flush()
+    edges = np.concatenate([c + half, (times[1:] + times[:-1]) / 2, [len(audio) / 22050]])
+    expected += [e for _, k, e in tracker.update(edges[:-1], edges[1:], owed) if k == "close"]
     expected += [e for _, e in tracker.close_all()]
     assert expected, "the scene should give the random model something to detect"
     assert [(e.label, e.onset, e.offset) for e in events] == [(e.label, e.onset, e.offset) for e in expected]
@@ -250,6 +273,8 @@ def test_dropped_audio_is_counted_and_times_stay_exact_after_the_gap(read_second
     # every class is always on: each gets one event before the gap and one after
     assert len(events) == 6
     assert all(e.offset <= 1.5 for e in events[:3]) and all(e.onset >= 4.0 for e in events[3:])
+    # the last score of each stretch speaks for the rest of it: events end where the audio stopped or ended
+    assert [e.offset for e in events] == pytest.approx([1.5] * 3 + [6.0] * 3)
 
 
 def test_nan_is_rejected_with_its_position_after_tagging_what_came_before():
@@ -289,7 +314,9 @@ def test_stop_closes_open_events_and_max_seconds_cuts_exactly():
     assert summary.stopped and summary.seconds < 60.0
     last = windows[-1]
     assert len(closed) == 3
-    assert all(e.offset == pytest.approx((last.start + last.end) / 2 + engine.hop_seconds / 2) for e in closed)
+    # open events close where the audio read ends: the last score speaks for what came after its own span
+    assert summary.seconds > (last.start + last.end) / 2 + engine.hop_seconds / 2
+    assert all(e.offset == pytest.approx(summary.seconds) for e in closed)
     summary = engine.run(ArraySource(audio, SR), max_seconds=1.0)
     assert summary.stopped and summary.seconds == 1.0
 

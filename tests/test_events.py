@@ -104,6 +104,24 @@ def test_the_median_filter_is_numpy_s_median_over_the_windows_so_far(k):
     np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("kind", ["mean", "median"])
+def test_flush_gives_the_values_owed_to_the_last_windows_from_fewer_and_fewer_of_them(kind):
+    reduce = np.median if kind == "median" else np.mean
+    scores = np.random.default_rng(1).random((9, 3))
+    smoother = Smoother(3, 4, kind)
+    _, times = smoother.push(scores, np.arange(9.0))
+    owed, owed_times = smoother.flush()
+    # the last value covered windows 5-8, dated 6.5; still owed: 6-8, 7-8 and 8 alone, dated by their middles
+    assert times[-1] == 6.5 and owed_times.tolist() == [7.0, 7.5, 8.0]
+    np.testing.assert_allclose(owed, [reduce(scores[a:], axis=0) for a in (6, 7, 8)], rtol=1e-6)
+    assert smoother.flush()[0].shape == (0, 3)  # flushed once: reset
+    smoother.push(scores[:3], [0.0, 1.0, 2.0])  # fewer windows than the filter spans: the last value covered
+    owed, owed_times = smoother.flush()  # all three, so 1-2 and 2 alone are owed
+    np.testing.assert_allclose(owed, [reduce(scores[a:3], axis=0) for a in (1, 2)], rtol=1e-6)
+    assert owed_times.tolist() == [1.5, 2.0]
+    assert Smoother(3, 1).flush()[0].shape == (0, 3)
+
+
 def test_smoothing_one_window_is_the_identity():
     smoother = Smoother(3, k=1)
     scores = np.array([0.123456, 0.5, 0.999], dtype=np.float32)

@@ -71,6 +71,20 @@ def test_wav_stream_decodes_exactly_like_libsndfile(subtype):
     np.testing.assert_array_equal(collect(source), expected)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "FLOAT"])
+def test_wav_bytes_pushed_in_pieces_decode_every_frame(subtype):
+    """The decoder behind a server's and a Tagger stream's WAV input: pieces of any size, a frame split
+    across them, and a chunk after the samples that is not audio. Every frame, and nothing more, comes out."""
+    raw = wav_bytes(signal(), 16000, subtype) + b"LIST" + struct.pack("<I", 4) + b"abcd"
+    expected, _ = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    for piece in (1, 7, 1001, len(raw)):
+        decoder = sources.PcmDecoder(None)
+        blocks = [decoder.decode(raw[i:i + piece]) for i in range(0, len(raw), piece)]
+        decoder.finish()
+        np.testing.assert_array_equal(np.concatenate([b for b in blocks if b is not None]), expected, err_msg=piece)
+        assert (decoder.sample_rate, decoder.channels) == (16000, 2)
+
+
 def test_extensible_wav_and_extra_chunks_before_the_data():
     raw = wav_bytes(signal(channels=3), 44100, "PCM_24", fmt="WAVEX")
     expected, _ = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)

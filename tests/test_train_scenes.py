@@ -50,6 +50,25 @@ def test_scenes_keep_folds_apart_and_repeat_from_their_seed(tones):
     assert min(counts) >= 1 and max(counts) <= 9 and len(set(counts)) > 4  # 1-9 events, uniform
 
 
+def test_scaper_onsets_place_events_anywhere_and_move_back_those_that_would_run_past_the_end(tones):
+    d = read_us8k(tones)
+    ids = [i for i, c in enumerate(d.clips) if c.fold == 1]
+    length_of = lambda i: len(d.load(d.clips[i], SR))  # noqa: E731
+    n = int(10.0 * SR)
+    placed = {kind: [(e.onset, e.onset + length_of(e.clip)) for p in plan_scenes(
+        d.clips, ids, 80, np.random.default_rng(5), SceneRecipe(onsets=kind), SR, length_of) for e in p.events]
+        for kind in ("inside", "scaper")}
+    for kind, spans in placed.items():
+        assert all(0 <= a < b <= n for a, b in spans), kind
+    # uniform over the scene, as Scaper draws: an event drawn within its own length of the end is moved back to
+    # end there, which happens to a share of events equal to their mean length over the scene's (411 events here)
+    at_end = np.mean([b == n for _, b in placed["scaper"]])
+    assert abs(at_end - np.mean([(b - a) / n for a, b in placed["scaper"]])) < 0.06 and at_end > 0.1
+    assert not any(b == n for _, b in placed["inside"])
+    with pytest.raises(DatasetError, match="onsets must be one of"):
+        SceneRecipe(onsets="late")
+
+
 def test_each_annotated_event_sounds_where_annotated_at_the_snr_asked(tones):
     d = read_us8k(tones)
     recipe = SceneRecipe()

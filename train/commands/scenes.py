@@ -43,13 +43,16 @@ def _recipe_options(p) -> None:
                         "both (each scene one or the other, evenly)")
     p.add_argument("--backgrounds", help="ESC-10 (or ESC-50) folder for --background ambient")
     p.add_argument("--background-folds", type=int, nargs="+", help="ESC folds the ambient backgrounds come from")
+    p.add_argument("--onsets", choices=("inside", "scaper"), default="inside",
+                   help="inside: each event starts uniformly where it still ends inside the scene (default); scaper: "
+                        "anywhere, moved back to end with the scene if it would run past it (Scaper's URBAN-SED)")
 
 
 def _scene_recipe(args):
     from train.data.scenes import SceneRecipe, parse_range
 
     return SceneRecipe(duration=args.duration, events=parse_range(args.events, int), snr_db=parse_range(args.snr),
-                       background=args.background)
+                       background=args.background, onsets=args.onsets)
 
 
 def add_commands(sub, common) -> None:

@@ -44,6 +44,7 @@ from train.data.datasets import Clip, Dataset, output_folds
 BACKGROUND_LUFS = -50.0  # Scaper's reference level for URBAN-SED's background
 ALONE_SNR_DB = 30.0  # a clip heard (nearly) alone: the top of URBAN-SED's SNR range
 BACKGROUNDS = ("brown", "ambient", "both")  # what a recipe's scenes sound over
+ONSETS = ("inside", "scaper")  # where an event may start: see SceneRecipe.onsets
 AMBIENT_CLASSES = ("rain", "sea_waves", "crackling_fire", "helicopter")  # ESC-10's steady scenes
 _LOUDNESS_BLOCK = 0.4  # seconds: BS.1770's gating block; a shorter sound is measured repeated to this length
 
@@ -58,6 +59,9 @@ class SceneRecipe:
     background: str = "brown"  # "brown" (Brownian noise), "ambient" (ESC-10 recordings, needs backgrounds),
     # or "both" (each scene one or the other, evenly)
     background_lufs: float = BACKGROUND_LUFS
+    onsets: str = "inside"  # "inside": uniform over the onsets where the event still ends inside the scene;
+    # "scaper": uniform over the whole scene, an event that would run past its end moved back to end with it, as
+    # Scaper placed URBAN-SED's events (so many end exactly at the scene's end)
 
     def __post_init__(self):
         if not 0.5 <= self.duration <= 600:
@@ -69,6 +73,8 @@ class SceneRecipe:
             raise DatasetError(f"SNR range must satisfy -20 <= MIN <= MAX <= 60 dB, got {self.snr_db}")
         if self.background not in BACKGROUNDS:
             raise DatasetError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        if self.onsets not in ONSETS:
+            raise DatasetError(f"onsets must be one of {', '.join(ONSETS)}, got {self.onsets!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +162,9 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
 
     ``length_of(i)`` is clip ``i``'s length in samples at ``rate``.
     Each event's class is uniform over the classes present among ``ids``, its clip uniform
-    among that class's; it starts uniformly where it still ends inside the scene (a clip
-    longer than the scene starts at 0 and is cut). ``background_ids`` (ambient recipes) holds
+    among that class's; it starts uniformly where it still ends inside the scene, or (``recipe.onsets``
+    "scaper") anywhere in the scene and, if it would run past the end, as late as it still fits; a clip
+    longer than the scene starts at 0 and is cut. ``background_ids`` (ambient recipes) holds
     one list of background clip indices per background class.
     """
     ids = _one_fold(clips, ids, n, "scenes")
@@ -175,7 +182,10 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
             label = classes[int(rng.integers(len(classes)))]
             clip = int(rng.choice(by_class[label]))
             room = length - int(length_of(clip))
-            onset = int(rng.integers(0, room + 1)) if room > 0 else 0
+            if recipe.onsets == "scaper":
+                onset = min(int(rng.integers(length)), max(room, 0))
+            else:
+                onset = int(rng.integers(0, room + 1)) if room > 0 else 0
             events.append(PlacedEvent(clip, onset, float(rng.uniform(*recipe.snr_db))))
         background = None
         if recipe.background == "ambient" or (recipe.background == "both" and rng.random() < 0.5):

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from streamtag.events import Decoding, Event
+from streamtag.events import Decoding, Event, Smoother
 from train.data.scenes import Annotation
 
 SEGMENT = 1.0  # seconds: the segment-based metrics' resolution
@@ -44,7 +44,9 @@ MAX_GAPS = (0.0, 0.5)  # seconds, tried by tune_decoding
 class Tagged:
     """One recording through the engine: its events, when each opened (input seconds), and
     the smoothed scores ``(n, C)`` of its windows with the ``n + 1`` boundaries of the spans
-    they describe (the moment each window's score describes +- half a hop)."""
+    they describe (the moment each window's score describes +- half a hop), then the values the
+    smoothing filter owed the last windows' moments, the last of them to the file's end, as the
+    engine places events."""
 
     name: str
     duration: float
@@ -64,13 +66,12 @@ def tag_scenes(model, scenes: Iterable[tuple[str, np.ndarray, int]], thresholds=
     d = decoding or model.decoding or Decoding()
     engine = Engine(model, thresholds=thresholds, smooth=d.smooth, hysteresis=d.hysteresis,
                     min_duration=d.min_duration, filter=d.filter)
-    half = engine.hop_seconds / 2
     out = []
     for name, audio, rate in scenes:
-        events, opened, rows, centres, last_end = [], [], [], [], [0.0]
+        events, opened, raws, centres, last_end = [], [], [], [], [0.0]
 
         def on_window(w):
-            rows.append(w.smoothed)
+            raws.append(w.scores)
             centres.append(w.at)
             last_end[0] = w.end
 
@@ -81,14 +82,26 @@ def tag_scenes(model, scenes: Iterable[tuple[str, np.ndarray, int]], thresholds=
                 events.append(event)
 
         engine.run(ArraySource(audio, rate, name=name), on_window, on_event)
-        centres = np.asarray(centres)
-        # the span a smoothed score describes: centred on the mean centre of the windows it covers
-        k = engine.smooth_windows
-        shifted = np.array([centres[max(0, i - k + 1):i + 1].mean() for i in range(len(centres))])
-        bounds = np.concatenate([shifted - half, shifted[-1:] + half]) if len(shifted) else np.zeros(1)
-        out.append(Tagged(name, len(audio) / rate, events, opened,
-                          np.asarray(rows, dtype=np.float64).reshape(-1, len(model.classes)), bounds))
+        out.append(_with_spans(name, len(audio) / rate, events, opened, raws, centres, engine))
     return out
+
+
+def _with_spans(name: str, duration: float, events, opened, raws, centres, engine) -> Tagged:
+    """The smoothed scores and the spans they describe, as the engine places them: each centred on the
+    mean centre of the windows it covers (what ``Smoother.push`` gives), then the values the filter
+    still owed the last windows' moments (``Smoother.flush``), the last of them to the file's end."""
+    n_classes, half = len(engine.classes), engine.hop_seconds / 2
+    if not len(raws):
+        return Tagged(name, duration, events, opened, np.zeros((0, n_classes)), np.zeros(1))
+    smoother = Smoother(n_classes, engine.smooth_windows, engine.decoding.filter)
+    rows, times = smoother.push(np.asarray(raws), np.asarray(centres))
+    bounds = np.concatenate([times - half, times[-1:] + half])
+    if duration > bounds[-1]:
+        owed, owed_times = smoother.flush()
+        rows = np.concatenate([rows, owed])
+        bounds = np.concatenate([bounds[:len(bounds) - (not len(owed))], (owed_times[1:] + owed_times[:-1]) / 2,
+                                 [duration]])
+    return Tagged(name, duration, events, opened, rows.astype(np.float64), bounds)
 
 
 def _event_list(name: str, events: Iterable) -> list[dict]:
