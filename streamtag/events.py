@@ -6,7 +6,9 @@ Two steps, each per class and each causal, so they run as the scores arrive:
    probabilities. Either lags: its value describes the middle of the windows
    it covers, so that is the time it is attributed to. Event times stay exact
    instead of drifting late by the smoothing. A median keeps an onset sharp
-   where a mean ramps, and ignores a lone outlier window.
+   where a mean ramps, and ignores a lone outlier window. At a stream's end
+   the lag is paid back: the last windows' moments get values from the
+   windows that remain (:meth:`Smoother.flush`).
 2. :class:`EventTracker` turns smoothed scores into events: a class turns on
    when its score reaches its threshold and off when it falls below the
    threshold minus the hysteresis (so a score hovering at the threshold does
@@ -102,9 +104,11 @@ class Smoother:
     :meth:`push` takes consecutive windows' scores and the times of their
     centres, and returns each window's mean (median) over it and the ``k - 1``
     before it, with the mean centre of those windows. At a stream start fewer
-    than ``k`` windows are taken. Each value is computed afresh, oldest
-    first, so it is the same to the bit however the windows are split into
-    calls (a file read in large blocks and the same audio live agree exactly).
+    than ``k`` windows are taken, and at its end :meth:`flush` gives the
+    values the last windows' moments are still owed, from fewer and fewer of
+    them. Each value is computed afresh, oldest first, so it is the same to
+    the bit however the windows are split into calls (a file read in large
+    blocks and the same audio live agree exactly).
     """
 
     def __init__(self, n_classes: int, k: int = 1, kind: str = "mean"):
@@ -152,7 +156,6 @@ class Smoother:
         self._scores, self._centres = stacked[n:], times[n:]
         self._seen += n
         return smoothed.astype(np.float32), time_total / count
-
 
     def flush(self) -> tuple[np.ndarray, np.ndarray]:
         """At the end of a stream, the values the last windows' own moments never got (each value
