@@ -30,9 +30,9 @@ def tones(tmp_path_factory) -> Path:
     return make_us8k(tmp_path_factory.mktemp("us8k"), folds=(1, 2), per_fold=12, missing=0)
 
 
-def _plans(d, fold, seed, n=5):
+def _plans(d, fold, seed, n=5, recipe=SceneRecipe()):
     ids = [i for i, c in enumerate(d.clips) if c.fold == fold]
-    return plan_scenes(d.clips, ids, n, np.random.default_rng(seed), SceneRecipe(), SR,
+    return plan_scenes(d.clips, ids, n, np.random.default_rng(seed), recipe, SR,
                        lambda i: len(d.load(d.clips[i], SR)))
 
 
@@ -67,13 +67,22 @@ def test_scaper_onsets_place_events_anywhere_and_move_back_those_that_would_run_
     assert not any(b == n for _, b in placed["inside"])
     with pytest.raises(DatasetError, match="onsets must be one of"):
         SceneRecipe(onsets="late")
+    with pytest.raises(DatasetError, match="event lengths must satisfy"):
+        SceneRecipe(event_seconds=(4.0, 0.5))
 
 
-def test_each_annotated_event_sounds_where_annotated_at_the_snr_asked(tones):
+@pytest.mark.parametrize("recipe", [SceneRecipe(), SceneRecipe(onsets="scaper", event_seconds=(0.3, 0.5))],
+                         ids=["whole clips", "cut as URBAN-SED cut them"])
+def test_each_annotated_event_sounds_where_annotated_at_the_snr_asked(tones, recipe):
     d = read_us8k(tones)
-    recipe = SceneRecipe()
-    for plan in _plans(d, 2, seed=1):
-        scene = render(plan, lambda i: d.load(d.clips[i], SR), d.labels, SR, recipe)
+    for plan in _plans(d, 2, seed=1, recipe=recipe):
+        if recipe.event_seconds:  # each event plays its clip's first 0.3-0.5 s (every clip here is longer)
+            assert all(0.3 * SR <= e.length <= 0.5 * SR for e in plan.events)
+        else:
+            assert all(e.length is None for e in plan.events)
+        cache = {}  # whole clips' loudness, as training passes it: an excerpt must be measured itself
+        scene = render(plan, lambda i: d.load(d.clips[i], SR), d.labels, SR, recipe,
+                       lambda i: cache.setdefault(i, loudness(d.load(d.clips[i], SR), SR)))
         np.testing.assert_allclose(scene.background + scene.tracks.sum(axis=0), scene.audio, atol=1e-6)
         assert np.abs(scene.audio).max() <= 0.99 + 1e-6
         assert abs(loudness(scene.background, SR) - (recipe.background_lufs + 20 * np.log10(scene.gain))) < 0.01

@@ -46,13 +46,16 @@ def _recipe_options(p) -> None:
     p.add_argument("--onsets", choices=("inside", "scaper"), default="inside",
                    help="inside: each event starts uniformly where it still ends inside the scene (default); scaper: "
                         "anywhere, moved back to end with the scene if it would run past it (Scaper's URBAN-SED)")
+    p.add_argument("--event-seconds", help="MIN:MAX: each event plays its clip's first MIN-MAX s, drawn uniformly "
+                                           "(URBAN-SED: 0.5:4); default: whole clips")
 
 
 def _scene_recipe(args):
     from train.data.scenes import SceneRecipe, parse_range
 
     return SceneRecipe(duration=args.duration, events=parse_range(args.events, int), snr_db=parse_range(args.snr),
-                       background=args.background, onsets=args.onsets)
+                       background=args.background, onsets=args.onsets,
+                       event_seconds=parse_range(args.event_seconds) if args.event_seconds else None)
 
 
 def add_commands(sub, common) -> None:

@@ -62,6 +62,8 @@ class SceneRecipe:
     onsets: str = "inside"  # "inside": uniform over the onsets where the event still ends inside the scene;
     # "scaper": uniform over the whole scene, an event that would run past its end moved back to end with it, as
     # Scaper placed URBAN-SED's events (so many end exactly at the scene's end)
+    event_seconds: tuple[float, float] | None = None  # None: whole clips; else each event the start of its clip,
+    # as long as drawn uniformly from this range (the whole clip if shorter), as URBAN-SED cut them (0.5-4 s)
 
     def __post_init__(self):
         if not 0.5 <= self.duration <= 600:
@@ -75,16 +77,20 @@ class SceneRecipe:
             raise DatasetError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
         if self.onsets not in ONSETS:
             raise DatasetError(f"onsets must be one of {', '.join(ONSETS)}, got {self.onsets!r}")
+        if self.event_seconds is not None and not 0.05 <= self.event_seconds[0] <= self.event_seconds[1] <= 600:
+            raise DatasetError(f"event lengths must satisfy 0.05 <= MIN <= MAX <= 600 s, got {self.event_seconds}")
 
 
 @dataclasses.dataclass(frozen=True)
 class PlacedEvent:
     """One event of a planned scene: a clip (index into ``Dataset.clips``), where it starts
-    (samples from the scene's start) and its SNR over the background in dB."""
+    (samples from the scene's start), its SNR over the background in dB, and how much of the
+    clip's start it plays (samples; None: the whole clip)."""
 
     clip: int
     onset: int
     snr_db: float
+    length: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +168,8 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
 
     ``length_of(i)`` is clip ``i``'s length in samples at ``rate``.
     Each event's class is uniform over the classes present among ``ids``, its clip uniform
-    among that class's; it starts uniformly where it still ends inside the scene, or (``recipe.onsets``
+    among that class's, played whole or (``recipe.event_seconds``) its first few seconds, as many as
+    drawn; it starts uniformly where it still ends inside the scene, or (``recipe.onsets``
     "scaper") anywhere in the scene and, if it would run past the end, as late as it still fits; a clip
     longer than the scene starts at 0 and is cut. ``background_ids`` (ambient recipes) holds
     one list of background clip indices per background class.
@@ -181,12 +188,16 @@ def plan_scenes(clips: Sequence[Clip], ids, n: int, rng: np.random.Generator, re
         for _ in range(int(rng.integers(recipe.events[0], recipe.events[1] + 1))):
             label = classes[int(rng.integers(len(classes)))]
             clip = int(rng.choice(by_class[label]))
-            room = length - int(length_of(clip))
+            played = int(length_of(clip))
+            cut = None
+            if recipe.event_seconds is not None:
+                cut = played = min(played, int(round(rng.uniform(*recipe.event_seconds) * rate)))
+            room = length - played
             if recipe.onsets == "scaper":
                 onset = min(int(rng.integers(length)), max(room, 0))
             else:
                 onset = int(rng.integers(0, room + 1)) if room > 0 else 0
-            events.append(PlacedEvent(clip, onset, float(rng.uniform(*recipe.snr_db))))
+            events.append(PlacedEvent(clip, onset, float(rng.uniform(*recipe.snr_db)), cut))
         background = None
         if recipe.background == "ambient" or (recipe.background == "both" and rng.random() < 0.5):
             pool = [b for b in background_ids if len(b)]
@@ -259,8 +270,9 @@ def render(plan: ScenePlan, load: Callable[[int], np.ndarray], labels: Sequence[
     tracks = np.zeros((len(plan.events), n), dtype=np.float32)
     spans, event_labels = [], []
     for k, ev in enumerate(plan.events):
-        x = np.asarray(load(ev.clip), dtype=np.float32)[:n - ev.onset]
-        level = event_lufs(ev.clip) if event_lufs is not None else loudness(x, rate)
+        x = np.asarray(load(ev.clip), dtype=np.float32)[:ev.length][:n - ev.onset]
+        whole = event_lufs is not None and ev.length is None  # the cache knows whole clips only
+        level = event_lufs(ev.clip) if whole else loudness(x, rate)
         gain = 10 ** ((reference + ev.snr_db - level) / 20) if np.isfinite(level) else 0.0
         tracks[k, ev.onset:ev.onset + len(x)] = x * np.float32(gain)
         spans.append((ev.onset, ev.onset + len(x)))
