@@ -596,10 +596,7 @@ class Engine:
                 # windows from its moment on; then, as no window is centred in the stretch's last half window
                 # (0.47 s at 41 frames), the last of them speaks for it: an event still sounding lasts to the
                 # end (soundscapes place many events to end exactly with the recording)
-                values, times = self.smoother.flush()
-                if not len(values):
-                    values, times = self._last_smoothed[None], np.array([self._scored_until])
-                edges = np.concatenate([[self._scored_until], (times[1:] + times[:-1]) / 2, [end]])
+                values, edges = self.smoother.flush_spans(self._scored_until, end, self._last_smoothed)
                 changes = [change[1:] for change in self.tracker.update(edges[:-1], edges[1:], values)]
             changes += self.tracker.close_all()
         self._emit(changes)

@@ -172,6 +172,15 @@ class Smoother:
         self.reset()
         return values, times
 
+    def flush_spans(self, start: float, end: float, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`flush` as spans that cover a stream's rest, from ``start`` (the end of the last
+        value's span) to ``end``, split halfway between the values' moments; ``last`` (the last
+        value) covers it alone where none is owed (``k`` 1). Values ``(m, C)``, edges ``(m + 1,)``."""
+        values, times = self.flush()
+        if not len(values):
+            values, times = np.asarray(last, dtype=np.float32).reshape(1, self.n_classes), np.array([start])
+        return values, np.concatenate([[start], (times[1:] + times[:-1]) / 2, [end]])
+
 
 def _middle(ordered: np.ndarray, count: int) -> np.ndarray:
     """The median of ``count`` values sorted along axis 1."""

@@ -122,6 +122,20 @@ def test_flush_gives_the_values_owed_to_the_last_windows_from_fewer_and_fewer_of
     assert Smoother(3, 1).flush()[0].shape == (0, 3)
 
 
+def test_flush_spans_cover_the_rest_of_a_stream_split_between_the_owed_moments():
+    scores = np.random.default_rng(2).random((9, 3))
+    smoother = Smoother(3, 4, "median")
+    smoothed, times = smoother.push(scores, np.arange(9.0))
+    values, edges = smoother.flush_spans(7.0, 9.6, smoothed[-1])  # owed at 7.0, 7.5 and 8.0
+    np.testing.assert_allclose(values, [np.median(scores[a:], axis=0) for a in (6, 7, 8)], rtol=1e-6)
+    assert edges.tolist() == [7.0, 7.25, 7.75, 9.6]
+    alone = Smoother(3, 1)  # nothing owed: the last value covers the rest by itself
+    smoothed, _ = alone.push(scores, np.arange(9.0))
+    values, edges = alone.flush_spans(8.5, 9.6, smoothed[-1])
+    np.testing.assert_array_equal(values, smoothed[-1:])
+    assert edges.tolist() == [8.5, 9.6]
+
+
 def test_smoothing_one_window_is_the_identity():
     smoother = Smoother(3, k=1)
     scores = np.array([0.123456, 0.5, 0.999], dtype=np.float32)

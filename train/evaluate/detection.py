@@ -97,10 +97,8 @@ def _with_spans(name: str, duration: float, events, opened, raws, centres, engin
     rows, times = smoother.push(np.asarray(raws), np.asarray(centres))
     bounds = np.concatenate([times - half, times[-1:] + half])
     if duration > bounds[-1]:
-        owed, owed_times = smoother.flush()
-        rows = np.concatenate([rows, owed])
-        bounds = np.concatenate([bounds[:len(bounds) - (not len(owed))], (owed_times[1:] + owed_times[:-1]) / 2,
-                                 [duration]])
+        owed, edges = smoother.flush_spans(bounds[-1], duration, rows[-1])
+        rows, bounds = np.concatenate([rows, owed]), np.concatenate([bounds[:-1], edges])
     return Tagged(name, duration, events, opened, rows.astype(np.float64), bounds)
 
 
