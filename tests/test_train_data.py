@@ -15,7 +15,7 @@ from streamtag.features import FeatureSpec
 from streamtag.frontend import compute_features
 from train.data.augment import Augment, add_background, between_class_mix, change_speed, loudness_db
 from train.data.cache import MIN_FRAMES, load_features, pad_audio
-from train.data.datasets import read_dataset, read_esc50, read_us8k
+from train.data.datasets import Clip, Dataset, read_dataset, read_esc50, read_us8k, share_of_recordings
 from train.data.segments import WINDOWS, gather, segments_of, window_starts
 from train.data.sources import AudioSource, SegmentSource
 from train.evaluate.clips import clip_votes, confusion, scores
@@ -175,6 +175,29 @@ def test_readers_accept_the_shared_partial_copies(us8k_dir, esc10_dir):
 
 
 # --- cache and segments -----------------------------------------------------
+
+def test_a_share_of_recordings_keeps_folds_classes_and_recordings_whole():
+    rng = np.random.default_rng(0)
+    clips = [Clip(Path(f"{fold}-{label}-{rec}-{k}.wav"), fold, label, f"{fold}{label}{rec}")
+             for fold in (1, 2) for label in range(3) for rec in range(8) for k in range(rng.integers(1, 5))]
+    d = Dataset("toy", Path("."), ["a", "b", "c"], clips, [1, 2, 3], [])
+    ids = np.array([i for i, c in enumerate(clips) if c.fold != 2 or c.label != 0])  # a stratum left out already
+    kept = share_of_recordings(d, ids, 0.25, seed=1)
+    assert set(kept) < set(ids)
+    strata = {(c.fold, c.label) for c in (clips[i] for i in ids)}
+    for fold, label in strata:  # every fold keeps every class, a quarter of its recordings, each whole
+        groups = {clips[i].group for i in kept if (clips[i].fold, clips[i].label) == (fold, label)}
+        assert len(groups) == 2
+        assert {i for i in ids if clips[i].group in groups} <= set(kept)
+    assert {(clips[i].fold, clips[i].label) for i in kept} == strata
+    assert share_of_recordings(d, ids, 0.25, seed=1).tolist() == kept.tolist()
+    assert share_of_recordings(d, ids, 0.25, seed=2).tolist() != kept.tolist()
+    assert len(share_of_recordings(d, ids, 0.01, seed=1)) >= len(strata)  # at least one recording each
+    assert share_of_recordings(d, ids, 1.0, seed=1).tolist() == ids.tolist()
+    for share in (0.0, 1.5, float("nan")):
+        with pytest.raises(DatasetError, match="a share of the recordings must be in"):
+            share_of_recordings(d, ids, share, seed=1)
+
 
 def test_short_clips_are_padded_with_silence_at_the_end():
     spec = FeatureSpec()

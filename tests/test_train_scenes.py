@@ -18,7 +18,7 @@ from streamtag.events import Decoding, Event, Smoother
 from streamtag.features import FeatureSpec
 from test_train_data import SR, make_us8k
 from train.data.cache import load_features
-from train.data.datasets import read_us8k
+from train.data.datasets import read_us8k, share_of_recordings
 from train.data.scenes import (Annotation, SceneRecipe, annotations, loudness, plan_scenes, read_tsv, render, write_scenes,
                           write_tsv)
 
@@ -284,13 +284,14 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
     at = end_share(41, 4, feats.spec.hop_length, feats.spec.n_fft)  # scores that describe the windows' ends
     scenes = Scenes(per_epoch=6, val_scenes=3, recipe=SceneRecipe(duration=4.0, events=(1, 3)), describe_at=at,
                     edge_weight=3.0)
-    trained = train_strong(feats, np.arange(len(feats.dataset.clips)), "short", Recipe(epochs=2, dense=32),
+    train_ids = share_of_recordings(feats.dataset, np.arange(len(feats.dataset.clips)), 0.5, seed=0)
+    trained = train_strong(feats, train_ids, "short", Recipe(epochs=2, dense=32),
                            scenes, Augment(shift=True), seed=0, val_fraction=0.3)
     assert [r["stage"] for r in trained.history] == ["scenes", "scenes"]
     assert all(0 <= r["val_map"] <= 1 for r in trained.history)
     path = tmp_path / "strong.pt"
-    provenance = {"dataset": "tones", "recipe": "strong labels on soundscapes", "folds": [1, 2], "seed": 0,
-                  "val_fraction": 0.3, "scenes": dataclasses.asdict(scenes)}
+    provenance = {"dataset": "tones", "recipe": "strong labels on soundscapes", "folds": [1, 2], "train_share": 0.5,
+                  "seed": 0, "val_fraction": 0.3, "scenes": dataclasses.asdict(scenes)}
     metrics = export_tuned(trained.net, path, feats, 41, 4, provenance, trained.val_scenes,
                            trained.val_reference, trained.val_ids, scenes.describe_at)
     model = load_model(path, device="cpu")
@@ -319,7 +320,8 @@ def test_a_tiny_strong_label_training_exports_a_tuned_model_that_tags_dcase(tone
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert scored.returncode == 0, scored.stderr
     assert "; PSDS " in scored.stdout and "(1 files, " in scored.stdout
-    # tuned again from its provenance alone: the same validation scenes, so the same tuning and figures
+    # tuned again from its provenance alone (its folds, their share, the seed): the same validation scenes, so the
+    # same tuning and figures
     again = retune(path, feats, tmp_path / "again.pt")
     assert again == metrics
     retuned = load_model(tmp_path / "again.pt", device="cpu")
@@ -358,15 +360,22 @@ def test_ambient_backgrounds_come_from_the_folds_asked(tones, tmp_path):
 
 
 def test_detect_command_reports_written_scenes(tones, random_model_file, tmp_path):
+    from streamtag.modelfile import load_network, read_metadata, save_model
+
     d = read_us8k(tones)
     write_scenes(d, tmp_path / "scenes", per_fold=2, recipe=SceneRecipe(duration=4.0), folds=[2], quiet=True)
+    meta = read_metadata(random_model_file)  # the same network, as a training run would have recorded it
+    trained = save_model(tmp_path / "trained.pt", load_network(random_model_file), classes=meta["classes"],
+                         spec=FeatureSpec(), window_frames=41, hop_frames=10, thresholds=meta["thresholds"],
+                         provenance={"train_clips": 100, "val_clips": 20})
     done = subprocess.run([sys.executable, "-m", "train", "detect", str(tmp_path / "scenes"), "--fold", "2",
-                           "--model", str(random_model_file), "--model", str(random_model_file), "--name", "a",
+                           "--model", str(random_model_file), "--model", str(trained), "--name", "a",
                            "--name", "b", "-o", str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "report.json").read_text())
     assert list(rows) == ["a", "b"] and rows["a"]["segment_f1"] == rows["b"]["segment_f1"]
+    assert "training_clips" not in rows["a"] and rows["b"]["training_clips"] == 120  # for `train curve`
     assert rows["a"]["files"] == 2 and set(rows["a"]["delay"]) == {"detected", "median", "p90"}
     table = (tmp_path / "report.md").read_text()
     assert "| a | " in table and "Scaper paper: CNN" in table
@@ -476,9 +485,50 @@ def test_strong_refuses_bad_counts_and_options_in_one_line(tmp_path):
                            (["--describe-at", "late"], "--describe-at takes centre, end or a share"),
                            (["--describe-at", "1.5"], "--describe-at takes centre, end or a share"),
                            (["--edge-weight", "0"], "--edge-weight must be a positive number"),
-                           (["--edge-weight", "nan"], "--edge-weight must be a positive number")):
+                           (["--edge-weight", "nan"], "--edge-weight must be a positive number"),
+                           (["--train-share", "0"], "--train-share must be in (0, 1]")):
         done = subprocess.run([sys.executable, "-m", "train", "strong", str(tmp_path), "--dataset", "us8k",
                                "--test-fold", "1", "--export", str(tmp_path / "m.pt"), *extra],
                               capture_output=True, text=True, cwd=REPO, timeout=120)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_curve_fits_a_line_per_doubling_and_says_where_it_meets_the_targets(tmp_path):
+    from train.reports.curve import fit
+
+    exact = fit([100, 200, 400, 800], [0.30, 0.35, 0.40, 0.45])
+    assert exact.slope == pytest.approx(0.05) and exact.residual_sd == pytest.approx(0, abs=1e-12)
+    assert exact.at(1600) == pytest.approx((0.50, 0.50, 0.50))
+    assert exact.reaches(0.60, higher_is_better=True) == pytest.approx(6400)
+    assert exact.reaches(0.60, higher_is_better=False) is None  # more data takes an error rate up
+    noisy = fit([100, 100, 400, 400], [0.30, 0.34, 0.42, 0.38])
+    value, low, high = noisy.at(1600)
+    assert value == pytest.approx(0.48) and low < 0.45 and high > 0.51  # the scatter widens the interval ...
+    assert noisy.at(400)[2] - noisy.at(400)[1] < high - low  # ... the more, the farther from the points
+    with pytest.raises(ValueError, match="two amounts of data"):
+        fit([100, 100, 100], [0.3, 0.4, 0.5])
+
+    def row(clips, f1, er, ev):
+        return {"training_clips": clips, "segment_f1": f1, "segment_er": er, "event_f1": ev}
+
+    (tmp_path / "a.json").write_text(json.dumps({"quarter": row(400, 0.40, 0.75, 0.06),
+                                                 "held in": {"segment_f1": 0.9, "segment_er": 0.1, "event_f1": 0.5}}))
+    (tmp_path / "b.json").write_text(json.dumps({"half": row(800, 0.45, 0.70, 0.08),
+                                                 "all": row(1600, 0.50, 0.65, 0.10)}))
+    done = subprocess.run([sys.executable, "-m", "train", "curve", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                           "--at", "6400", "-o", str(tmp_path / "curve")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "curve.md").read_text()
+    assert "| quarter | 400 |" in table and "held in" not in table  # only models that say what they learnt from
+    assert "| segment F1 | +0.050 | 0.000 | 0.60 | 6,400 | 0.600 (0.600 to 0.600) |" in table
+    assert "| event F1 | +0.020 | 0.000 | 0.30 | more than a million | 0.140 (0.140 to 0.140) |" in table
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for args, message in (([str(tmp_path / "none.json")], "no such file"),
+                          ([str(tmp_path / "list.json")], "not a report of `python -m train detect`"),
+                          ([str(tmp_path / "a.json")], "three models or more")):
+        bad = subprocess.run([sys.executable, "-m", "train", "curve", *args, "-o", str(tmp_path / "x")],
+                             capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert bad.returncode != 0 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

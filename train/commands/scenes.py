@@ -76,6 +76,9 @@ def add_commands(sub, common) -> None:
     p.add_argument("--all", action="store_true", help="train on every present fold")
     p.add_argument("--train-folds", type=int, nargs="+",
                    help="train on these folds only (default: every present fold but the test fold): a learning curve")
+    p.add_argument("--train-share", type=float, default=1.0, metavar="SHARE",
+                   help="train on this share (0-1] of the training folds' source recordings, drawn per fold and "
+                        "class from --seed (default 1: all): a learning curve")
     p.add_argument("--export", type=Path, required=True, help="model file to write, thresholds and decoding tuned")
     p.add_argument("--window", choices=("short", "long"), default="short")
     p.add_argument("--hop-frames", type=int, default=4, help="live hop of the exported model, and the frames a "
@@ -131,6 +134,16 @@ def add_commands(sub, common) -> None:
     p.add_argument("--title", default="Sound event detection on soundscapes")
     p.add_argument("--note", default="")
     p.set_defaults(run=_cmd_detect)
+
+    p = sub.add_parser("curve", help="a learning curve: train detect's scores against the clips each model learnt "
+                                     "from, a line on a log scale, and what it gives at more data")
+    p.add_argument("detected", type=Path, nargs="+", help="JSON reports of `python -m train detect`")
+    p.add_argument("--at", type=int, nargs="*", default=[], metavar="CLIPS",
+                   help="also say what the line gives at these clip counts (a full copy's folds, say)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="report prefix: OUT.md, OUT.png")
+    p.add_argument("--title", default="Learning curve: detection on held-out scenes")
+    p.add_argument("--note", default="")
+    p.set_defaults(run=_cmd_curve)
 
     p = sub.add_parser("score", help="DCASE metrics of streamtag's events against reference annotations")
     p.add_argument("reference", type=Path, help="reference annotations (DCASE TSV: filename onset offset event_label)")
@@ -202,6 +215,8 @@ def _cmd_detect(args) -> int:
         model = load_model(None if path == "default" else path, device="cpu")
         name = args.name[k] if args.name else ("default model" if path == "default" else Path(path).name)
         rows[name], detected[name] = _evaluate(model, scenes, reference)
+        if "train_clips" in model.provenance:  # what a learning curve (`train curve`) puts it at
+            rows[name]["training_clips"] = model.provenance["train_clips"] + model.provenance.get("val_clips", 0)
         if args.clips:
             rows[name]["clip_accuracy"] = _clip_accuracy(model, args.clips, args.fold)
             print(f"{name}: clip accuracy on fold {args.fold} {100 * rows[name]['clip_accuracy']:.1f}%")
@@ -215,6 +230,28 @@ def _cmd_detect(args) -> int:
     piano_roll(Path(f"{args.out}.png"), names, reference, dict(list(detected.items())[:args.roll]), model.classes,
                {s[0]: len(s[1]) / s[2] for s in scenes})
     print(f"-> {args.out}.md, {args.out}.json, {args.out}.png")
+    return 0
+
+
+def _cmd_curve(args) -> int:
+    from train.reports.curve import fits, markdown, plot, read_rows
+
+    for path in args.detected:
+        if not path.is_file():
+            _fail(f"{path}: no such file (a JSON report of `python -m train detect`)")
+    if any(n <= 0 for n in args.at):
+        _fail(f"--at takes clip counts above 0, got {args.at}")
+    try:
+        rows = read_rows(args.detected)
+        fitted = fits(rows)
+    except (ValueError, KeyError) as exc:
+        _fail(f"{', '.join(map(str, args.detected))}: {exc}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.md").write_text(markdown(rows, fitted, args.at, args.title, args.note))
+    plot(Path(f"{args.out}.png"), rows, fitted, args.at, args.title)
+    for key, f in fitted.items():
+        print(f"{key}: {f.slope:+.3f} a doubling of the clips (residual sd {f.residual_sd:.3f}, {f.n} models)")
+    print(f"-> {args.out}.md, {args.out}.png")
     return 0
 
 
@@ -291,6 +328,8 @@ def _cmd_strong(args) -> int:
     describe_at = _describe_at(args.describe_at, args.window, args.hop_frames)
     if not (math.isfinite(args.edge_weight) and args.edge_weight > 0):
         _fail(f"--edge-weight must be a positive number, got {args.edge_weight:g}")
+    if not 0 < args.train_share <= 1:
+        _fail(f"--train-share must be in (0, 1], got {args.train_share:g}")
     dataset = read_dataset(args.dataset, args.data)
     if args.test_fold is not None and args.test_fold not in dataset.folds:
         _fail(f"fold {args.test_fold} not present ({dataset.summary()})")
@@ -301,6 +340,7 @@ def _cmd_strong(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from train.data.cache import read_features
+    from train.data.datasets import share_of_recordings
     from train.data.segments import WINDOWS
     from train.fit import ranks
     from train.fit.loop import Recipe
@@ -317,6 +357,7 @@ def _cmd_strong(args) -> int:
         if args.test_fold in args.train_folds or not set(args.train_folds) <= set(feats.dataset.folds):
             _fail(f"--train-folds must be present folds other than the test fold ({feats.dataset.summary()})")
         train_ids = train_ids[np.isin(fold_of[train_ids], args.train_folds)]
+    train_ids = share_of_recordings(feats.dataset, train_ids, args.train_share, args.seed)
     recipe = Recipe(lr=args.lr, epochs=args.epochs, schedule=args.schedule, dense=args.dense, dropout=args.dropout,
                     head="multilabel")
     scenes = Scenes(per_epoch=args.scenes_per_epoch, val_scenes=args.val_scenes, recipe=recipe_scenes,
@@ -341,6 +382,7 @@ def _cmd_strong(args) -> int:
         return 0
     train_folds = sorted({int(f) for f in fold_of[train_ids]})
     provenance = {"dataset": feats.dataset.summary(), "data": args.data, "folds": train_folds,
+                  "train_share": args.train_share,
                   "command": _command(), "recipe": "strong labels on soundscapes",
                   "scenes": dataclasses.asdict(scenes), "augment": augment.describe(), "seed": args.seed,
                   "epochs": len(trained.history), "train_clips": trained.n_train, "val_clips": len(trained.val_ids),

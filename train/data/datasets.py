@@ -90,6 +90,32 @@ def output_folds(dataset: Dataset, out: str | os.PathLike, folds=None) -> tuple[
     return out, folds
 
 
+def share_of_recordings(dataset: Dataset, ids: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """The clips among ``ids`` of a ``share`` of their source recordings, drawn from ``seed`` for
+    each fold and class (at least one recording each): a smaller training set with the same folds
+    and nearly the same class balance, for a learning curve. Whole recordings are kept or left, as
+    the slices of one recording are not independent examples."""
+    if not 0 < share <= 1:
+        raise DatasetError(f"a share of the recordings must be in (0, 1], got {share:g}")
+    ids = np.asarray(ids)
+    if share == 1:
+        return ids
+    strata: dict[tuple[int, int], list[str]] = {}
+    for i in ids:
+        clip = dataset.clips[i]
+        groups = strata.setdefault((clip.fold, clip.label), [])
+        if clip.group not in groups:
+            groups.append(clip.group)
+    rng = np.random.default_rng(seed)
+    kept = set()
+    for key in sorted(strata):
+        groups = sorted(strata[key])
+        n = max(1, round(share * len(groups)))
+        kept.update((key, groups[j]) for j in rng.choice(len(groups), size=n, replace=False))
+    return np.array([i for i in ids if ((dataset.clips[i].fold, dataset.clips[i].label), dataset.clips[i].group)
+                     in kept], dtype=ids.dtype)
+
+
 def read_dataset(kind: str, root: str | os.PathLike) -> Dataset:
     """``kind`` is one of ``us8k``, ``esc10``, ``esc50``."""
     readers = {"us8k": read_us8k, "esc10": lambda r: read_esc50(r, esc10=True),

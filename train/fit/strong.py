@@ -39,6 +39,7 @@ import torch
 from streamtag.errors import DatasetError
 from train.data.augment import Augment, change_speed
 from train.data.cache import DatasetFeatures, clip_features
+from train.data.datasets import share_of_recordings
 from train.data.scenes import (Annotation, SceneRecipe, Soundscape, ambient_audio, annotations, loudness, plan_pairs,
                                plan_scenes, plan_singles, render, spans_at_speed)
 from train.data.segments import WINDOWS, gather
@@ -349,7 +350,8 @@ def retune(model_path: Path, feats: DatasetFeatures, path: Path) -> dict:
     scenes = Scenes(**{**recorded, "recipe": SceneRecipe(**{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in recorded["recipe"].items()})})
     fold_of = np.array([c.fold for c in feats.dataset.clips])
-    train_ids = np.flatnonzero(np.isin(fold_of, prov["folds"]))
+    train_ids = share_of_recordings(feats.dataset, np.flatnonzero(np.isin(fold_of, prov["folds"])),
+                                    prov.get("train_share", 1.0), prov["seed"])
     _, val_ids, val_scenes, val_reference = validation(feats, train_ids, scenes, prov["seed"],
                                                        prov.get("val_fraction", 0.15),
                                                        ambient(scenes, feats.spec.sample_rate))
