@@ -244,7 +244,7 @@ def _cmd_curve(args) -> int:
     try:
         rows = read_rows(args.detected)
         fitted = fits(rows)
-    except (ValueError, KeyError) as exc:
+    except ValueError as exc:
         _fail(f"{', '.join(map(str, args.detected))}: {exc}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(markdown(rows, fitted, args.at, args.title, args.note))

@@ -100,20 +100,17 @@ def share_of_recordings(dataset: Dataset, ids: np.ndarray, share: float, seed: i
     ids = np.asarray(ids)
     if share == 1:
         return ids
-    strata: dict[tuple[int, int], list[str]] = {}
-    for i in ids:
-        clip = dataset.clips[i]
-        groups = strata.setdefault((clip.fold, clip.label), [])
-        if clip.group not in groups:
-            groups.append(clip.group)
+    recording = {i: (dataset.clips[i].fold, dataset.clips[i].label, dataset.clips[i].group) for i in ids}
+    strata: dict[tuple[int, int], set[str]] = {}
+    for fold, label, group in recording.values():
+        strata.setdefault((fold, label), set()).add(group)
     rng = np.random.default_rng(seed)
     kept = set()
     for key in sorted(strata):
         groups = sorted(strata[key])
         n = max(1, round(share * len(groups)))
-        kept.update((key, groups[j]) for j in rng.choice(len(groups), size=n, replace=False))
-    return np.array([i for i in ids if ((dataset.clips[i].fold, dataset.clips[i].label), dataset.clips[i].group)
-                     in kept], dtype=ids.dtype)
+        kept.update((*key, groups[j]) for j in rng.choice(len(groups), size=n, replace=False))
+    return np.array([i for i in ids if recording[i] in kept], dtype=ids.dtype)
 
 
 def read_dataset(kind: str, root: str | os.PathLike) -> Dataset:
